@@ -1,0 +1,20 @@
+"""The two kinds of error tsweep raises on purpose.
+
+``SweepConfigError`` stops a sweep before any trial runs (bad data folder, bad space file, unknown backbone,
+missing weights). ``TrialError`` fails one trial: the sweep records it and carries on.
+"""
+
+from __future__ import annotations
+
+
+class SweepConfigError(ValueError):
+    """Bad input found before any trial starts; the message names the file or key and the fix."""
+
+
+class TrialError(RuntimeError):
+    """One trial failed; the sweep records it and goes on with the others."""
+
+
+def out_of_range(key: str, lo: object, hi: object, got: object) -> str:
+    """The one message template for range checks: "`key` must be in [lo, hi], got X"."""
+    return f"`{key}` must be in [{lo}, {hi}], got {got}"
