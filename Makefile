@@ -1,0 +1,29 @@
+# Two commands on a fresh machine: `make demo` (a demo sweep) and `make test` (the test suite).
+# Each creates .venv and installs the project into it the first time.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test test-all lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)  ## a small ASHA sweep on generated images, its leaderboard, the exported winner, predictions
+	$(BIN)/tsweep demo
+
+test: $(STAMP) lint  ## the default suite: unit tests plus one real small sweep (slow-marked tests skipped)
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-all: $(STAMP) lint  ## everything, including the slow sweeps on ../shared data
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,175 @@
+"""The `tsweep` command: one small function per subcommand, each returning an exit code.
+
+Exit codes: 0 success, 1 a run that finished without a usable result, 2 bad input (the message says which
+file or key and the fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from tsweep.errors import SweepConfigError
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tsweep.search.sweep import SweepOptions, run_sweep
+
+    overrides = {k: v for k, v in (("backbone", args.backbone), ("weights", args.weights),
+                                   ("epochs", args.max_epochs)) if v is not None}
+    opts = SweepOptions(
+        data=args.data, space=args.space, overrides=overrides, num_samples=args.num_samples, name=args.name or "",
+        results_dir=args.results_dir, metric=args.metric, mode=args.mode or "", grace_period=args.grace_period,
+        reduction_factor=args.reduction_factor, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial, address=args.address, max_failures=args.max_failures,
+        val_fraction=args.val_fraction, seed=args.seed, cache_dir=args.cache_dir, export=not args.no_export)
+    root = run_sweep(opts, progress=log)
+    show_leaderboard(root, top=10)
+    if not opts.export:
+        return 0
+    from tsweep.search.export import export_winner
+
+    try:
+        out = export_winner(root, progress=log)
+    except SweepConfigError as e:  # e.g. every trial failed: the sweep's records stay for reading
+        log(f"tsweep: nothing exported: {e}")
+        return 1
+    log(f"exported the winner to {out}\ntry: tsweep predict {out} IMAGE")
+    return 0
+
+
+def show_leaderboard(root: Path, top: int | None = None, fmt: str = "table") -> str:
+    from tsweep.search.leaderboard import leaderboard_rows, render
+    from tsweep.search.objective import Objective
+    from tsweep.search.records import read_sweep, read_trials
+
+    info = read_sweep(root)
+    rows = leaderboard_rows(read_trials(root), Objective(info["metric"], info["mode"]), info["sampled"], top)
+    text = render(rows, fmt)
+    print(text, flush=True)
+    return text
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    show_leaderboard(Path(args.sweep), top=args.top, fmt=args.format)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tsweep.search.export import export_winner
+
+    out = export_winner(Path(args.sweep), trial_id=args.trial, full_data=args.full_data, progress=log)
+    log(f"exported to {out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tsweep.search.predict import predict_files, render_predictions
+
+    print(render_predictions(predict_files(args.export, args.images, k=args.top)))
+    return 0
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from tsweep.search.leaderboard import render_table
+    from tsweep.trainers.backbones import describe
+
+    rows = [{k: (", ".join(v) if isinstance(v, (list, tuple)) else v) for k, v in row.items()}
+            for row in describe()]
+    print(render_table(rows))
+    return 0
+
+
+def cmd_spaces(args: argparse.Namespace) -> int:
+    from tsweep.spaces.space import BUNDLED_DIR, bundled_spaces
+
+    for name, description in bundled_spaces():
+        print(f"{name:<20} {description}")
+    print(f"\n(files in {BUNDLED_DIR}; pass a name or your own YAML path to `tsweep run --space`)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tsweep.search.demo import run_demo
+
+    return run_demo(data=args.data, results_dir=args.results_dir, num_samples=args.num_samples, progress=log)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tsweep", description="Hyperparameter sweeps of Keras transfer "
+                                     "models on Ray Tune with ASHA early stopping.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a sweep, print its leaderboard, export the winner")
+    run.add_argument("--data", required=True, help="DIR/<class>/ or DIR/{train,val|validation[,test]}/<class>/")
+    run.add_argument("--space", default="default", help="bundled space name or YAML file (default: default)")
+    run.add_argument("--name", help="results/<name> (default: sweep-<date>-<time>)")
+    run.add_argument("--results-dir", default="results", help="parent folder of sweeps (default: results)")
+    run.add_argument("--num-samples", type=int, default=16, help="trials (default: 16)")
+    run.add_argument("--max-epochs", type=int, help="epochs per trial, overriding the space's `epochs`")
+    run.add_argument("--backbone", help="fix the backbone, overriding the space")
+    run.add_argument("--weights", help="imagenet, none, or a weights file path (overrides the space)")
+    run.add_argument("--metric", default="val_accuracy", help="metric to optimise (default: val_accuracy)")
+    run.add_argument("--mode", choices=("max", "min"), help="direction (default: from the metric's name)")
+    run.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before pruning (default: 1)")
+    run.add_argument("--reduction-factor", type=int, default=3, help="ASHA: keep 1/N per rung (default: 3)")
+    run.add_argument("--cpus-per-trial", type=float, default=1.0, help="(default: 1)")
+    run.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions share a GPU (default: 0)")
+    run.add_argument("--address", help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: local)")
+    run.add_argument("--max-failures", type=int, default=3, help="restarts per trial on node failure (default: 3)")
+    run.add_argument("--val-fraction", type=float, default=0.2, help="split when no val folder (default: 0.2)")
+    run.add_argument("--seed", type=int, default=0, help="data split and sampling seed (default: 0)")
+    run.add_argument("--cache-dir", help="decoded-image cache (default: $TSWEEP_CACHE or ~/.cache/tsweep)")
+    run.add_argument("--no-export", action="store_true", help="skip retraining and exporting the winner")
+    run.set_defaults(func=cmd_run)
+
+    board = sub.add_parser("leaderboard", help="ranked trials of a sweep (works while it runs)")
+    board.add_argument("sweep", help="results/<name>")
+    board.add_argument("--top", type=int, help="show the best K trials only")
+    board.add_argument("--format", choices=("table", "csv", "json", "markdown"), default="table")
+    board.set_defaults(func=cmd_leaderboard)
+
+    export = sub.add_parser("export", help="retrain the winner (or --trial) and export it")
+    export.add_argument("sweep", help="results/<name>")
+    export.add_argument("--trial", help="trial id to export instead of the best")
+    export.add_argument("--full-data", action="store_true", help="train on train + validation")
+    export.set_defaults(func=cmd_export)
+
+    predict = sub.add_parser("predict", help="classify images with an export")
+    predict.add_argument("export", help="results/<name>/export")
+    predict.add_argument("images", nargs="+", help="image files")
+    predict.add_argument("--top", type=int, default=3, help="classes per image (default: 3)")
+    predict.set_defaults(func=cmd_predict)
+
+    sub.add_parser("backbones", help="list backbones and their freeze cut points").set_defaults(func=cmd_backbones)
+    sub.add_parser("spaces", help="list the bundled search spaces").set_defaults(func=cmd_spaces)
+
+    demo = sub.add_parser("demo", help="offline demo: synthetic data, a small sweep, export, predict")
+    demo.add_argument("--data", help="use this image folder instead of generated images")
+    demo.add_argument("--results-dir", default="results")
+    demo.add_argument("--num-samples", type=int, default=8)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except SweepConfigError as e:
+        print(f"tsweep: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tsweep: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

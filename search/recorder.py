@@ -1,0 +1,126 @@
+"""A Ray Tune callback on the driver that keeps `trials/<id>.json` up to date and prints progress."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ray.tune import Callback
+
+from tsweep.search.leaderboard import status_counts
+from tsweep.search.objective import Objective
+from tsweep.search.records import atomic_write_json, final_status, trial_path
+from tsweep.search.trial import ERROR_KEY
+from tsweep.spaces.config import TrialConfig
+
+# Per-epoch keys kept in a trial record (Ray adds many bookkeeping fields we do not need).
+KEPT = ("epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s")
+
+
+class SweepRecorder(Callback):
+    """Args:
+        root: the sweep folder (results/<name>).
+        objective: metric and direction, for the "best so far" in progress lines.
+        total: trials the sweep will run, for progress lines.
+        printer: where progress lines go, default print.
+        interval: seconds between progress lines triggered by epoch results, default 10.
+    """
+
+    def __init__(self, root: Path, objective: Objective, total: int,
+                 printer: Callable[[str], None] = print, interval: float = 10.0) -> None:
+        self.root = root
+        self.objective = objective
+        self.total = total
+        self.printer = printer
+        self.interval = interval
+        self.records: dict[str, dict] = {}
+        self.started = time.time()
+        self.last_print = 0.0
+
+    # -- Ray Tune events --------------------------------------------------------------------------------
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        record = self.records.get(trial.trial_id)
+        if record is None:
+            config = dict(trial.config)
+            record = {"trial_id": trial.trial_id, "status": "running", "config": config, "history": [],
+                      "budget": int(config.get("epochs", TrialConfig.epochs)), "started": time.time(), "ended": None,
+                      "wall_s": 0.0, "error": None, "node": None, "restarts": 0}
+            self.records[trial.trial_id] = record
+        else:  # restarted after a failure: keep the history, it continues from the checkpoint
+            record.update(status="running", ended=None)
+        self._save(record)
+        self._progress(force=True)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        record = self.records.get(trial.trial_id)
+        if record is not None:
+            record["restarts"] += 1
+            record["status"] = "running"
+            self._save(record)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        record = self.records[trial.trial_id]
+        record["node"] = result.get("node_ip", record["node"])
+        if ERROR_KEY in result:
+            record["error"] = result[ERROR_KEY]
+        else:
+            row = {k: result[k] for k in KEPT if k in result}
+            # A restored trial reports again from its checkpoint epoch: replace, never duplicate.
+            record["history"] = [h for h in record["history"] if h.get("epoch", 0) < row.get("epoch", 0)]
+            record["history"].append(row)
+        record["wall_s"] = round(time.time() - record["started"], 2)
+        self._save(record)
+        self._progress()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        record = self.records[trial.trial_id]
+        record["status"] = final_status(len(record["history"]), record["budget"], record["error"] is not None)
+        self._end(record)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        record = self.records[trial.trial_id]
+        record["status"] = "failed"
+        record["error"] = _error_text(trial)
+        self._end(record)
+
+    # -- helpers --------------------------------------------------------------------------------------
+    def _end(self, record: dict) -> None:
+        record["ended"] = time.time()
+        record["wall_s"] = round(record["ended"] - record["started"], 2)
+        self._save(record)
+        self._progress(force=True)
+
+    def _save(self, record: dict) -> None:
+        atomic_write_json(trial_path(self.root, record["trial_id"]), record)
+
+    def _progress(self, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self.last_print < self.interval:
+            return
+        self.last_print = now
+        self.printer(progress_line(list(self.records.values()), self.objective, self.total,
+                                   now - self.started))
+
+
+def progress_line(records: list[dict], objective: Objective, total: int, elapsed: float) -> str:
+    """"[tsweep 01:23] 2 running, 1 pruned, 3 completed, 0 failed of 8; best val_accuracy 0.91 (id, ep 5)"."""
+    counts = status_counts(records)
+    parts = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("running", "pruned", "completed", "failed"))
+    best_id, best_epoch, best = None, None, None
+    for r in records:
+        epoch, value = objective.best_epoch(r["history"])
+        if value is not None and (best is None or objective.better(value, best)):
+            best_id, best_epoch, best = r["trial_id"], epoch, value
+    tail = f"; best {objective.metric} {best:.4g} ({best_id}, epoch {best_epoch})" if best is not None else ""
+    minutes, seconds = divmod(int(elapsed), 60)
+    return f"[tsweep {minutes:02d}:{seconds:02d}] {parts} of {total}{tail}"
+
+
+def _error_text(trial: Any) -> str:
+    """The last line of a failed trial's traceback (the exception), or a pointer to its error file."""
+    try:
+        text = Path(trial.error_file).read_text().strip().splitlines()
+        return text[-1] if text else "failed (no error text)"
+    except (OSError, TypeError):
+        return f"failed (see {getattr(trial, 'path', 'the trial folder')})"

@@ -1,0 +1,78 @@
+"""A sweep on disk: `sweep.json` (what was asked) and `trials/<id>.json` (one record per trial).
+
+The driver rewrites a trial's record after every event, atomically (temp file + rename), so a reader in
+another terminal (`tsweep leaderboard` during a sweep) never sees half a file and needs no Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+from tsweep.errors import SweepConfigError
+
+SWEEP_FILE = "sweep.json"
+TRIALS_DIR = "trials"
+EXPORT_DIR = "export"
+STATUSES = ("running", "completed", "pruned", "failed", "pending")
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write JSON so that readers see the old file or the new one, never a partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sweep_dir(path: str | Path) -> Path:
+    """Check that `path` holds a sweep (a sweep.json), naming the fix when it does not."""
+    root = Path(path)
+    if not (root / SWEEP_FILE).is_file():
+        hint = ""
+        if root.is_dir():
+            inner = sorted(p.parent.name for p in root.glob(f"*/{SWEEP_FILE}"))
+            if inner:
+                hint = f" (sweeps inside it: {', '.join(inner[:5])})"
+        raise SweepConfigError(f"{root} is not a sweep folder: it has no {SWEEP_FILE}{hint}. "
+                               f"Pass results/<name> as written by `tsweep run`.")
+    return root
+
+
+def read_sweep(root: str | Path) -> dict:
+    return json.loads((sweep_dir(root) / SWEEP_FILE).read_text())
+
+
+def write_sweep(root: Path, info: dict) -> None:
+    atomic_write_json(root / SWEEP_FILE, info)
+
+
+def trial_path(root: Path, trial_id: str) -> Path:
+    return root / TRIALS_DIR / f"{trial_id}.json"
+
+
+def read_trials(root: str | Path) -> list[dict]:
+    """Every readable trial record of a sweep; unreadable ones are skipped with a warning."""
+    records = []
+    for path in sorted((Path(root) / TRIALS_DIR).glob("*.json")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as e:
+            warnings.warn(f"skipping unreadable trial record {path}: {e}", stacklevel=2)
+    return records
+
+
+def final_status(epochs_run: int, budget: int, failed: bool) -> str:
+    """The status of a trial that stopped: failed, completed (ran its whole budget) or pruned by ASHA."""
+    if failed:
+        return "failed"
+    return "completed" if epochs_run >= budget else "pruned"

@@ -1,0 +1,161 @@
+"""Run a sweep: check everything up front, then Ray Tune with ASHA over the space, then export the winner.
+
+Order matters for users: every configuration error (data folder, space file, backbone, weights, name) is
+found before Ray starts, and once trials run, a failing trial is recorded and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tsweep.errors import SweepConfigError, out_of_range
+from tsweep.search.objective import Objective
+from tsweep.search.records import read_trials, sweep_dir, write_sweep
+from tsweep.spaces.space import Space, load_space
+
+REPORTED_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")  # what every trial reports per epoch
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    # --- what to search --------------------------------------------------------------------------------
+    data: str  # image folder: DIR/<class>/ or DIR/{train,val|validation[,test]}/<class>/
+    space: str = "default"  # a bundled space name or a YAML path
+    overrides: dict = field(default_factory=dict)  # fixed keys over the space (--backbone, --weights, ...)
+    num_samples: int = 16  # trials
+    # --- where results go ------------------------------------------------------------------------------
+    name: str = ""  # results/<name>; default sweep-<date>-<time>
+    results_dir: str = "results"
+    # --- objective and ASHA ----------------------------------------------------------------------------
+    metric: str = "val_accuracy"
+    mode: str = ""  # max or min; default from the metric's name
+    grace_period: int = 1  # epochs every trial runs before ASHA may stop it
+    reduction_factor: int = 3  # ASHA keeps the top 1/reduction_factor at each rung
+    # --- resources -------------------------------------------------------------------------------------
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0  # fractions share a GPU (e.g. 0.5 = two trials per GPU)
+    address: str | None = None  # None = embedded local Ray; "auto", HOST:PORT or ray://HOST:10001
+    max_failures: int = 3  # restarts of a trial after infrastructure failures (a node dying)
+    # --- data ------------------------------------------------------------------------------------------
+    val_fraction: float = 0.2  # split off train when there is no val/validation folder
+    seed: int = 0  # data split and trial sampling
+    cache_dir: str | None = None  # decoded-image cache; default $TSWEEP_CACHE or ~/.cache/tsweep
+    export: bool = True  # retrain and export the winner at the end
+
+    def objective(self) -> Objective:
+        return Objective(self.metric, self.mode)
+
+
+def check_name(name: str) -> str:
+    """A sweep name is one plain path component: never `..`, `/` or anything escaping results/."""
+    if not NAME_RE.match(name) or ".." in name:
+        raise SweepConfigError(f"`--name` must be a plain folder name (letters, digits, _ . -), got {name!r}: "
+                               "it may not contain '/' or '..'")
+    return name
+
+
+def check_options(opts: SweepOptions) -> None:
+    for key, value, lo in (("num_samples", opts.num_samples, 1), ("grace_period", opts.grace_period, 1),
+                           ("reduction_factor", opts.reduction_factor, 2), ("max_failures", opts.max_failures, 0)):
+        if value < lo:
+            raise SweepConfigError(f"--{key.replace('_', '-')}: {out_of_range(key, lo, 'inf', value)}")
+    if opts.metric not in REPORTED_METRICS:
+        raise SweepConfigError(f"--metric must be one of {', '.join(REPORTED_METRICS)}, got {opts.metric!r}")
+    if not 0 < opts.val_fraction < 1:
+        raise SweepConfigError(f"--val-fraction: {out_of_range('val_fraction', 0, 1, opts.val_fraction)}")
+    if opts.cpus_per_trial <= 0 or opts.gpus_per_trial < 0:
+        raise SweepConfigError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0, got "
+                               f"{opts.cpus_per_trial} and {opts.gpus_per_trial}")
+
+
+def candidates(space: Space, key: str) -> list:
+    """The values a key can take in a space, for keys that must be fixed or a choice (sizes, backbones)."""
+    from tsweep.spaces.config import TrialConfig
+
+    d = space.params.get(key)
+    if d is None:
+        return [getattr(TrialConfig, key)]
+    if d.kind not in ("fixed", "choice"):
+        raise SweepConfigError(f"{space.source}: `{key}` must be fixed or a `choice`, got `{d.kind}` "
+                               "(decoded images and backbones are prepared per value)")
+    return list(d.values)
+
+
+def check_weights(space: Space, progress: Callable[[str], None] = print) -> None:
+    """Build each backbone of the space once with its weights, so a failed download or a bad weights
+    file stops the sweep before any trial (and Keras caches ImageNet downloads for the trials)."""
+    from tsweep.trainers.backbones import build_backbone
+
+    for backbone in candidates(space, "backbone"):
+        for weights in candidates(space, "weights"):
+            for alpha in candidates(space, "alpha"):
+                size = min(candidates(space, "image_size"))
+                progress(f"checking {backbone} weights={weights} alpha={alpha}")
+                build_backbone(backbone, size, weights=weights, alpha=alpha)
+
+
+def prepare(opts: SweepOptions, progress: Callable[[str], None] = print) -> tuple[Space, dict, Path]:
+    """Every check that can fail before Ray starts; decodes (and caches) the images for each size.
+
+    Returns the space with overrides applied, the data options for trials and the sweep folder.
+    """
+    from tsweep.trainers.data import discover, load_dataset
+
+    check_options(opts)
+    name = check_name(opts.name or time.strftime("sweep-%Y%m%d-%H%M%S"))
+    root = Path(opts.results_dir).resolve() / name
+    if root.exists() and any(root.iterdir()):
+        raise SweepConfigError(f"{root} already holds a sweep: pass another --name, `tsweep resume {root}`, "
+                               "or remove the folder")
+    space = load_space(opts.space)
+    if opts.overrides:
+        space = space.with_fixed(**opts.overrides)
+    data_dir = Path(opts.data).expanduser().resolve()
+    discover(data_dir, val_fraction=opts.val_fraction)  # layout and class checks, before any decoding
+    data_options = {"data_dir": str(data_dir), "val_fraction": opts.val_fraction, "seed": opts.seed,
+                    "cache_dir": opts.cache_dir}
+    for size in candidates(space, "image_size"):
+        data = load_dataset(image_size=int(size), progress=progress, **data_options)
+        progress(data.summary())
+    check_weights(space, progress)
+    return space, data_options, root
+
+
+def run_sweep(opts: SweepOptions, progress: Callable[[str], None] = print) -> Path:
+    """Run the whole sweep; returns its folder (results/<name>). Raises SweepConfigError before any trial."""
+    space, data_options, root = prepare(opts, progress)
+    objective = opts.objective()
+    max_epochs = max(int(e) for e in candidates(space, "epochs"))
+    info = {"name": root.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "status": "running",
+            "options": asdict(opts), "data": data_options, "space": space.source,
+            "params": {k: asdict(d) for k, d in space.params.items()}, "sampled": list(space.sampled),
+            "metric": objective.metric, "mode": objective.mode, "max_epochs": max_epochs}
+    root.mkdir(parents=True, exist_ok=True)
+    write_sweep(root, info)
+    progress(f"sweep {root.name}: {opts.num_samples} trials of {space.source}, ASHA on {objective.metric} "
+             f"({objective.mode}), up to {max_epochs} epochs; results in {root}")
+    try:
+        from tsweep.search.tuner import run_tuner
+
+        run_tuner(opts, space, data_options, root, objective, max_epochs, progress)
+        info["status"] = "finished"
+    except KeyboardInterrupt:
+        info["status"] = "interrupted"
+        progress(f"interrupted: trials so far are kept in {root}")
+        raise
+    finally:
+        info["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        write_sweep(root, info)
+    return root
+
+
+def summary(root: Path) -> dict[str, Any]:
+    """Counts by status for a finished sweep (used by the CLI's closing line)."""
+    from tsweep.search.leaderboard import status_counts
+
+    return status_counts(read_trials(sweep_dir(root)))

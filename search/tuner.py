@@ -1,0 +1,81 @@
+"""Ray Tune wiring: connect to (or start) Ray, build the ASHA scheduler and the Tuner, and run it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from tsweep.search.objective import Objective
+from tsweep.search.recorder import SweepRecorder
+from tsweep.search.trial import make_trainable
+from tsweep.spaces.space import Space
+
+# Trials inherit these: quiet TensorFlow's C++ logging, and stop Ray from copying every worker's
+# output to the driver's terminal (the recorder prints progress instead).
+TRIAL_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}
+
+
+def init_ray(address: str | None) -> None:
+    """Start an embedded local Ray (address None) or connect to a running cluster."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # A trial that fails on its own sends one last report without the metric (see trial.ERROR_KEY);
+    # the metric name itself is checked against what trials report before Ray starts.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    runtime_env = {"env_vars": dict(TRIAL_ENV)}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, runtime_env=runtime_env, log_to_driver=False)
+
+
+def make_scheduler(max_epochs: int, grace_period: int, reduction_factor: int) -> Any:
+    """ASHA over training iterations (one per epoch); metric and mode come from the TuneConfig."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr="training_iteration", max_t=max_epochs,
+                         grace_period=min(grace_period, max_epochs), reduction_factor=reduction_factor)
+
+
+def run_tuner(opts: Any, space: Space, data_options: dict, root: Path, objective: Objective,
+              max_epochs: int, progress: Callable[[str], None] = print) -> Any:
+    """Run the trials of a prepared sweep with Ray Tune; returns Ray's ResultGrid.
+
+    Args:
+        opts: the SweepOptions (resources, ASHA settings, seed, address).
+        space: the validated space (compiled here to Ray's param_space).
+        data_options: `load_dataset` arguments for the trials.
+        root: the sweep folder; Ray writes its experiment state and checkpoints there too.
+        objective: metric and direction.
+        max_epochs: ASHA's max_t.
+        progress: where progress lines go.
+    """
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    init_ray(opts.address)
+    resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
+    trainable = tune.with_resources(make_trainable(data_options), resources)
+    recorder = SweepRecorder(root, objective, total=opts.num_samples, printer=progress)
+    tuner = tune.Tuner(
+        trainable,
+        param_space=space.to_ray(),
+        tune_config=tune.TuneConfig(
+            metric=objective.metric, mode=objective.mode, num_samples=opts.num_samples,
+            scheduler=make_scheduler(max_epochs, opts.grace_period, opts.reduction_factor),
+            search_alg=BasicVariantGenerator(random_state=opts.seed),
+            trial_dirname_creator=lambda trial: trial.trial_id,
+        ),
+        run_config=tune.RunConfig(
+            name=root.name, storage_path=str(root.parent), callbacks=[recorder], verbose=0,
+            # Disk stays bounded: the best checkpoint by the metric, plus Ray always keeps the latest.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=objective.metric,
+                                                    checkpoint_score_order=objective.mode),
+            failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+        ),
+    )
+    return tuner.fit()

@@ -1,0 +1,289 @@
+"""The registry of ``keras.applications`` backbones and the block boundaries where their freezing can stop.
+
+A cutoff ``c`` freezes every layer up to and including ``boundaries[c - 1]``: 0 trains the whole backbone,
+``max_cutoff`` freezes all of it (feature extraction). Each boundary is the layer that ends a block, so the
+frozen prefix of ``model.layers`` is exactly that layer and its ancestors (``tests/test_backbones.py``
+checks this for every backbone).
+
+BatchNormalization: the model builder calls ``base(x, training=False)``, so BN layers run in inference mode
+(frozen moving statistics) in the frozen and the fine-tuned parts alike, as in the Keras fine-tuning guide;
+an unfrozen BN layer still trains its gamma and beta. Nothing here changes that.
+
+This module imports no TensorFlow or Keras at module level (``tsweep backbones`` lists them fast); only
+``build_backbone`` imports Keras.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tsweep.errors import SweepConfigError, out_of_range
+
+if TYPE_CHECKING:
+    import keras
+
+# How each backbone's keras `preprocess_input` maps RGB pixels in [0, 255] (layers.Preprocess applies them):
+#   tf: x / 127.5 - 1   caffe: RGB->BGR, minus CAFFE_MEAN_BGR   torch: (x / 255 - TORCH_MEAN) / TORCH_STD
+#   none: passthrough (the backbone rescales inside itself, e.g. EfficientNet)
+PREPROCESS_MODES = ("tf", "caffe", "torch", "none")
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+TORCH_MEAN = (0.485, 0.456, 0.406)
+TORCH_STD = (0.229, 0.224, 0.225)
+MAX_IMAGE_SIZE = 2048  # the same upper bound as TrialConfig's `image_size` range
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One backbone: how to build it, how to preprocess for it, and where it can be cut.
+
+    Args:
+        name: tsweep's name, e.g. "mobilenet_v2".
+        constructor: attribute of ``keras.applications``, e.g. "MobileNetV2".
+        module: the ``keras.applications`` submodule holding its ``preprocess_input``.
+        preprocess: one of PREPROCESS_MODES, what that ``preprocess_input`` does.
+        default_size: the input size the ImageNet weights were trained at.
+        min_size: the smallest input size Keras accepts.
+        boundaries: names of the layers ending each block, in order; the last is the output layer.
+        labels: human names of those blocks, same length.
+        has_alpha: True when the constructor takes a width multiplier `alpha`. Default False.
+        imagenet_alphas: the alphas Keras has ImageNet weights for (when has_alpha). Default ().
+    """
+
+    name: str
+    constructor: str
+    module: str
+    preprocess: str
+    default_size: int
+    min_size: int
+    boundaries: tuple[str, ...]
+    labels: tuple[str, ...]
+    has_alpha: bool = False
+    imagenet_alphas: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.preprocess not in PREPROCESS_MODES:
+            raise ValueError(f"{self.name}: preprocess {self.preprocess!r} not in {PREPROCESS_MODES}")
+        if not self.boundaries or len(self.boundaries) != len(self.labels):
+            raise ValueError(f"{self.name}: boundaries and labels must be non-empty and of equal length")
+
+    @property
+    def max_cutoff(self) -> int:
+        """The cutoff that freezes the whole backbone."""
+        return len(self.boundaries)
+
+
+def _blocks(prefix: str, count: int) -> tuple[str, ...]:
+    return tuple(f"{prefix}{i}" for i in range(1, count + 1))
+
+
+# MobileNetV2 blocks with a residual connection end in their `_add` layer, the others in `_project_BN`.
+_MNV2_ADD = {2, 4, 5, 7, 8, 9, 11, 12, 14, 15}
+_RESNET_STAGES = ("conv2", "conv3", "conv4", "conv5")
+
+_SPECS = (
+    BackboneSpec(
+        "mobilenet", "MobileNet", "mobilenet", "tf", 224, 32,
+        tuple(f"conv_pw_{i}_relu" for i in range(1, 14)), _blocks("block_", 13),
+        has_alpha=True, imagenet_alphas=(0.25, 0.5, 0.75, 1.0)),
+    BackboneSpec(
+        "mobilenet_v2", "MobileNetV2", "mobilenet_v2", "tf", 224, 32,
+        tuple(f"block_{i}_add" if i in _MNV2_ADD else f"block_{i}_project_BN" for i in range(1, 17))
+        + ("out_relu",),
+        _blocks("block_", 16) + ("top",),
+        has_alpha=True, imagenet_alphas=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4)),
+    BackboneSpec("vgg16", "VGG16", "vgg16", "caffe", 224, 32,
+                 tuple(f"block{i}_pool" for i in range(1, 6)), _blocks("block", 5)),
+    BackboneSpec("vgg19", "VGG19", "vgg19", "caffe", 224, 32,
+                 tuple(f"block{i}_pool" for i in range(1, 6)), _blocks("block", 5)),
+    BackboneSpec("resnet50", "ResNet50", "resnet50", "caffe", 224, 32,
+                 ("conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out"),
+                 _RESNET_STAGES),
+    BackboneSpec("resnet50_v2", "ResNet50V2", "resnet_v2", "tf", 224, 32,
+                 ("conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "post_relu"), _RESNET_STAGES),
+    BackboneSpec("inception_v3", "InceptionV3", "inception_v3", "tf", 299, 75,
+                 tuple(f"mixed{i}" for i in range(11)), tuple(f"mixed{i}" for i in range(11))),
+    BackboneSpec("densenet121", "DenseNet121", "densenet", "torch", 224, 32,
+                 ("pool2_pool", "pool3_pool", "pool4_pool", "relu"), _RESNET_STAGES),
+    BackboneSpec(
+        "efficientnet_b0", "EfficientNetB0", "efficientnet", "none", 224, 32,
+        ("block1a_project_bn", "block2b_add", "block3b_add", "block4c_add", "block5c_add", "block6d_add",
+         "block7a_project_bn", "top_activation"),
+        _blocks("block", 7) + ("top",)),
+)
+
+BACKBONES: dict[str, BackboneSpec] = {spec.name: spec for spec in _SPECS}
+
+
+def _key(name: str) -> str:
+    # "MobileNetV2", "mobilenet_v2" and "mobilenet-v2" all become "mobilenetv2".
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+_ALIASES = {_key(alias): spec for spec in _SPECS for alias in (spec.name, spec.constructor)}
+
+
+def get_spec(name: str | BackboneSpec) -> BackboneSpec:
+    """The spec of backbone `name`: tsweep's name or the Keras spelling, any case ("MobileNetV2").
+
+    Args:
+        name: a backbone name, or a BackboneSpec (returned as is).
+    """
+    if isinstance(name, BackboneSpec):
+        return name
+    spec = _ALIASES.get(_key(name)) if isinstance(name, str) else None
+    if spec is None:
+        raise SweepConfigError(f"unknown backbone {name!r}: choose one of {', '.join(sorted(BACKBONES))} "
+                               "(`tsweep backbones` lists them)")
+    return spec
+
+
+def describe() -> list[dict]:
+    """One row per backbone for the `tsweep backbones` table.
+
+    Keys: name, constructor, default_size, min_size, preprocess, alpha (width multiplier supported),
+    max_cutoff, cut_points (block labels; cutoff c freezes through the c-th).
+    """
+    return [{"name": s.name, "constructor": s.constructor, "default_size": s.default_size,
+             "min_size": s.min_size, "preprocess": s.preprocess, "alpha": s.has_alpha,
+             "max_cutoff": s.max_cutoff, "cut_points": list(s.labels)} for s in BACKBONES.values()]
+
+
+def _brief(error: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _example_file(spec: BackboneSpec, alpha: float) -> str:
+    # The naming of ../shared/weights: mobilenet_v2_1.0_224_no_top.h5
+    width = f"_{float(alpha)}" if spec.has_alpha else ""
+    return f"{spec.name}{width}_{spec.default_size}_no_top.h5"
+
+
+def build_backbone(name: str, image_size: int, weights: str | None = "imagenet",
+                   alpha: float = 1.0) -> keras.Model:
+    """The backbone without its classification top (include_top=False, pooling=None), input (S, S, 3).
+
+    Args:
+        name: a backbone name accepted by get_spec.
+        image_size: S, the square input size in pixels; at least the backbone's min_size.
+        weights: "imagenet" (Keras downloads and caches it), "none" or None (random init), or a path to a
+            weights file of the same backbone and alpha (e.g. a ``*_no_top.h5``). Default "imagenet".
+        alpha: width multiplier, MobileNet family only. Default 1.0.
+
+    Raises:
+        SweepConfigError: bad size, alpha or weights path; a failed ImageNet download; a weights file
+            that does not fit the backbone.
+    """
+    spec = get_spec(name)
+    if isinstance(image_size, bool) or not isinstance(image_size, int) \
+            or not spec.min_size <= image_size <= MAX_IMAGE_SIZE:
+        raise SweepConfigError(f"{out_of_range('image_size', spec.min_size, MAX_IMAGE_SIZE, image_size)} "
+                               f"({spec.name} needs at least {spec.min_size} px)")
+    kwargs: dict = {"include_top": False, "weights": None, "input_shape": (image_size, image_size, 3),
+                    "pooling": None}
+    if spec.has_alpha:
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
+            raise SweepConfigError(f"`alpha` must be a positive number, got {alpha!r}")
+        kwargs["alpha"] = float(alpha)
+    elif alpha != 1.0:
+        raise SweepConfigError(f"`alpha` (width multiplier) applies to the MobileNet family only; "
+                               f"remove it for {spec.name}, got {alpha}")
+
+    source = "none" if weights is None else str(weights)
+    path = None
+    if source.lower() == "imagenet":
+        if spec.has_alpha and float(alpha) not in spec.imagenet_alphas:
+            raise SweepConfigError(
+                f"Keras has ImageNet weights for {spec.name} only at alpha "
+                f"{', '.join(str(a) for a in spec.imagenet_alphas)}, got alpha {alpha}: choose one of those, "
+                "or pass --weights PATH to a weights file of that alpha, or --weights none")
+        kwargs["weights"] = "imagenet"
+    elif source.lower() != "none":
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise SweepConfigError(f"weights file '{source}' does not exist: pass an existing .h5 file, "
+                                   "\"imagenet\" or \"none\"")
+
+    import keras  # lazily: importing TensorFlow takes seconds
+
+    constructor = getattr(keras.applications, spec.constructor)
+    try:
+        model = constructor(**kwargs)
+    except ValueError as e:  # Keras's own argument checks
+        raise SweepConfigError(f"keras.applications.{spec.constructor} rejected image_size {image_size}, "
+                               f"alpha {alpha}, weights {source!r}: {_brief(e)}") from e
+    except Exception as e:  # with "imagenet" the rest is the download (a bare Exception when offline)
+        if kwargs["weights"] != "imagenet":
+            raise
+        raise SweepConfigError(
+            f"the download of ImageNet weights for {spec.name} failed ({_brief(e)}): pass --weights PATH "
+            f"to a local no-top weights file (e.g. {_example_file(spec, alpha)}) or --weights none") from e
+    if path is not None:
+        # Same as Keras's weights=PATH, but a mismatch can only come from the file, so say so.
+        try:
+            model.load_weights(str(path))
+        except Exception as e:
+            raise SweepConfigError(
+                f"weights file '{source}' does not fit backbone {spec.name} at alpha {alpha}: {_brief(e)} "
+                "(pass a no-top weights file saved from the same backbone and alpha, \"imagenet\" or "
+                "\"none\")") from e
+    return model
+
+
+def boundary_indices(base: keras.Model, spec_or_name: str | BackboneSpec) -> list[int]:
+    """Index in ``base.layers`` of each boundary layer of the spec, in boundary order.
+
+    Args:
+        base: a model built by build_backbone.
+        spec_or_name: its BackboneSpec or backbone name.
+    """
+    spec = get_spec(spec_or_name)
+    index = {layer.name: i for i, layer in enumerate(base.layers)}
+    missing = [b for b in spec.boundaries if b not in index]
+    if missing:
+        raise SweepConfigError(f"model '{base.name}' has no layer {missing[0]!r}: "
+                               f"is it a {spec.name} backbone built by build_backbone?")
+    return [index[b] for b in spec.boundaries]
+
+
+def cut_index(base: keras.Model, spec_or_name: str | BackboneSpec, cutoff: int) -> int:
+    """Index of the first trainable layer of ``base.layers`` at `cutoff` (len(base.layers) at the maximum).
+
+    Args:
+        base: a model built by build_backbone.
+        spec_or_name: its BackboneSpec or backbone name.
+        cutoff: 0 (train everything) to spec.max_cutoff (freeze everything).
+    """
+    spec = get_spec(spec_or_name)
+    if isinstance(cutoff, bool) or not isinstance(cutoff, int) or not 0 <= cutoff <= spec.max_cutoff:
+        raise SweepConfigError(f"{out_of_range('freeze_cutoff', 0, spec.max_cutoff, cutoff)} ({spec.name} "
+                               f"has {spec.max_cutoff} cut points; `tsweep backbones` lists them)")
+    if cutoff == 0:
+        return 0
+    return boundary_indices(base, spec)[cutoff - 1] + 1
+
+
+def freeze(base: keras.Model, spec_or_name: str | BackboneSpec, cutoff: int) -> int:
+    """Freeze the layers of `base` up to and including boundary `cutoff`; train the rest.
+
+    Sets ``trainable`` on every layer, so it also undoes an earlier call. BatchNormalization stays in
+    inference mode either way (the builder calls the base with training=False).
+
+    Args:
+        base: a model built by build_backbone.
+        spec_or_name: its BackboneSpec or backbone name.
+        cutoff: 0 trains everything, spec.max_cutoff freezes everything (feature extraction).
+
+    Returns:
+        The number of frozen layers.
+    """
+    first_trainable = cut_index(base, spec_or_name, cutoff)
+    # A model with trainable=False hides its layers' weights whatever their own flags, so reset it first.
+    base.trainable = True
+    for i, layer in enumerate(base.layers):
+        layer.trainable = i >= first_trainable
+    if first_trainable >= len(base.layers):
+        base.trainable = False  # the same state, stated on the model too (summary, trainable_weights)
+    return first_trainable

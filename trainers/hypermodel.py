@@ -1,0 +1,55 @@
+"""The transfer model as a `keras_tuner.HyperModel`, so a tsweep space also runs under KerasTuner's tuners.
+
+`build` samples a config from the space through KerasTuner's HyperParameters; `fit` follows the same
+warm-up-then-fine-tune recipe as `tsweep.trainers.train.train`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras_tuner
+
+from tsweep.spaces.config import TrialConfig
+from tsweep.spaces.space import Space
+from tsweep.trainers.model import build_model, compile_model, set_cutoff
+
+
+class TransferHyperModel(keras_tuner.HyperModel):
+    """Args:
+        space: the tsweep Space to sample from.
+        num_classes: classes of the dataset (2 = sigmoid output).
+    """
+
+    def __init__(self, space: Space, num_classes: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.space = space
+        self.num_classes = num_classes
+
+    def config(self, hp: keras_tuner.HyperParameters) -> TrialConfig:
+        return TrialConfig.from_dict(self.space.to_keras_tuner(hp), self.space.source)
+
+    def build(self, hp: keras_tuner.HyperParameters) -> Any:
+        cfg = self.config(hp)
+        model = build_model(cfg, self.num_classes)  # fully frozen: the warm-up state
+        compile_model(model, cfg, self.num_classes, warmup=not cfg.is_feature_extraction())
+        return model
+
+    def fit(self, hp: keras_tuner.HyperParameters, model: Any, *args: Any, epochs: int = 1,
+            initial_epoch: int = 0, **kwargs: Any) -> Any:
+        cfg = self.config(hp)
+        warm = 0 if cfg.is_feature_extraction() else max(0, min(cfg.warmup_epochs, epochs) - initial_epoch)
+        first = None
+        if warm:
+            first = model.fit(*args, epochs=initial_epoch + warm, initial_epoch=initial_epoch, **kwargs)
+        if initial_epoch + warm >= epochs:
+            return first
+        if not cfg.is_feature_extraction():
+            set_cutoff(model, cfg, cfg.cutoff())
+            compile_model(model, cfg, self.num_classes, warmup=False)
+        history = model.fit(*args, epochs=epochs, initial_epoch=initial_epoch + warm, **kwargs)
+        if first is not None:  # KerasTuner scores the whole run: hand it every epoch
+            history.history = {k: first.history.get(k, []) + v for k, v in history.history.items()}
+        return history
+
+

@@ -1,0 +1,97 @@
+"""Build one transfer model from a TrialConfig: pretrained backbone + pooling + optional hidden layer + output.
+
+The model takes raw RGB pixels in [0, 255]; augmentation and the backbone's own preprocessing are layers
+inside it, so an exported model needs no Python preprocessing and loads with Keras ``safe_mode``.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from tsweep.spaces.config import TrialConfig
+from tsweep.trainers.backbones import build_backbone, freeze, get_spec
+from tsweep.trainers.layers import Preprocess
+
+BACKBONE_LAYER = "backbone"
+
+
+def augmentation_layers(kind: str, seed: int) -> list[keras.layers.Layer]:
+    """The Keras preprocessing layers of an augmentation level; active in training only.
+
+    Args:
+        kind: "none", "light" (flips, small rotation and zoom) or "strong" (plus shifts and contrast).
+        seed: makes each trial's augmentation reproducible.
+    """
+    if kind == "none":
+        return []
+    if kind == "light":
+        return [keras.layers.RandomFlip("horizontal", seed=seed),
+                keras.layers.RandomRotation(0.05, seed=seed + 1),
+                keras.layers.RandomZoom(0.1, seed=seed + 2)]
+    return [keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomRotation(0.15, seed=seed + 1),
+            keras.layers.RandomZoom(0.2, seed=seed + 2),
+            keras.layers.RandomTranslation(0.1, 0.1, seed=seed + 3),
+            keras.layers.RandomContrast(0.2, seed=seed + 4)]
+
+
+def build_model(config: TrialConfig, num_classes: int) -> keras.Model:
+    """The uncompiled transfer model for `config`, backbone fully frozen (the warm-up state).
+
+    Args:
+        config: a validated TrialConfig.
+        num_classes: 2 gives one sigmoid unit; more give a softmax.
+    """
+    keras.utils.set_random_seed(config.seed)
+    spec = get_spec(config.backbone)
+    size = config.image_size
+    inputs = keras.Input((size, size, 3), name="image")
+    x = inputs
+    for layer in augmentation_layers(config.augmentation, config.seed):
+        x = layer(x)
+    x = Preprocess(spec.preprocess, name="preprocess")(x)
+    base = build_backbone(spec.name, size, weights=config.weights, alpha=config.alpha)
+    base.name = BACKBONE_LAYER
+    # training=False keeps BatchNormalization in inference mode even once layers are unfrozen: updating
+    # its statistics on a small dataset would wreck what the pretrained layers learned.
+    x = base(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    if config.head_size:
+        x = keras.layers.Dense(config.head_size, activation="relu", name="hidden")(x)
+    if config.dropout:
+        x = keras.layers.Dropout(config.dropout, seed=config.seed, name="dropout")(x)
+    if num_classes == 2:
+        outputs = keras.layers.Dense(1, activation="sigmoid", name="probabilities")(x)
+    else:
+        outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    model = keras.Model(inputs, outputs, name=f"tsweep_{spec.name}")
+    set_cutoff(model, config, spec.max_cutoff)
+    return model
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+    return model.get_layer(BACKBONE_LAYER)
+
+
+def set_cutoff(model: keras.Model, config: TrialConfig, cutoff: int) -> int:
+    """Freeze the backbone below block boundary `cutoff` (max = all frozen); returns frozen layer count."""
+    return freeze(backbone_of(model), config.backbone, cutoff)
+
+
+def make_optimizer(config: TrialConfig, warmup: bool = False) -> keras.optimizers.Optimizer:
+    """The sampled optimizer at the sampled rate, or Adam at `warmup_learning_rate` for the warm-up."""
+    if warmup:
+        return keras.optimizers.Adam(config.warmup_learning_rate)
+    lr = config.learning_rate
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(lr)
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(lr, momentum=config.momentum, nesterov=True)
+    return keras.optimizers.RMSprop(lr)
+
+
+def compile_model(model: keras.Model, config: TrialConfig, num_classes: int, warmup: bool) -> None:
+    loss = "binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy"
+    model.compile(optimizer=make_optimizer(config, warmup), loss=loss, metrics=["accuracy"])

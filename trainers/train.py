@@ -1,0 +1,112 @@
+"""Train one config: the same function runs inside a Ray Tune trial and, with no Ray at all, for the winner.
+
+Fine-tuning follows the classic Keras recipe: the new head first trains for ``warmup_epochs`` on a fully
+frozen backbone (Adam at ``warmup_learning_rate``), then the layers above ``freeze_cutoff`` unfreeze and
+training continues with the sampled optimizer at the sampled (usually low) learning rate. A config whose
+cutoff freezes the whole backbone is pure feature extraction: every epoch trains the head alone with the
+sampled optimizer.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from tsweep.errors import TrialError
+from tsweep.spaces.config import TrialConfig
+from tsweep.trainers.data import Dataset
+
+# Called after every epoch with the history so far (the last row is that epoch) and the model.
+EpochCallback = Callable[[list, Any], None]
+
+
+@dataclass
+class TrainResult:
+    """What training one config produced."""
+
+    model: Any  # keras.Model
+    config: TrialConfig
+    class_names: tuple[str, ...]
+    history: list[dict] = field(default_factory=list)
+
+
+def phase_of(epoch_index: int, config: TrialConfig) -> str:
+    """"features" (whole backbone frozen), "warmup" (head on a frozen base) or "finetune" for a 0-based epoch."""
+    if config.is_feature_extraction():
+        return "features"
+    return "warmup" if epoch_index < config.warmup_epochs else "finetune"
+
+
+def as_config(config: Mapping[str, Any] | TrialConfig, source: str = "trial config") -> TrialConfig:
+    return config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config, source)
+
+
+def train(config: Mapping[str, Any] | TrialConfig, data: Dataset, *, on_epoch: EpochCallback | None = None,
+          resume_from: str | Path | None = None, full_data: bool = False, verbose: int = 0) -> TrainResult:
+    """Build and train the model of one config for its full epoch budget.
+
+    Args:
+        config: a TrialConfig or a plain dict of its keys (a sampled Ray Tune config).
+        data: the decoded dataset.
+        on_epoch: called after each epoch with the history so far, whose last row holds that epoch's
+            metrics (epoch, phase, loss, accuracy, val_loss, val_accuracy, epoch_time_s), and the model;
+            default None.
+        resume_from: a checkpoint directory written by `save_checkpoint`; training continues after its
+            epoch with the saved weights and optimizer state. Default None (start from scratch).
+        full_data: train on train + validation (for the exported winner); no validation metrics then.
+        verbose: Keras fit verbosity, default 0.
+
+    Raises:
+        TrialError: the loss became NaN or infinite (a too-high learning rate, usually).
+    """
+    import keras
+
+    from tsweep.trainers.checkpoint import load_checkpoint
+    from tsweep.trainers.model import build_model, compile_model, set_cutoff
+
+    cfg = as_config(config)
+    n = data.num_classes
+    x, y = data.full_train() if full_data else (data.x_train, data.y_train)
+    validation = None if full_data or len(data.y_val) == 0 else (data.x_val, data.y_val)
+    keras.utils.set_random_seed(cfg.seed)
+    if resume_from is not None:
+        model, history = load_checkpoint(resume_from)
+        phase = history[-1]["phase"] if history else None
+    else:
+        model, history, phase = build_model(cfg, n), [], None
+
+    for epoch in range(len(history), cfg.epochs):
+        wanted = phase_of(epoch, cfg)
+        if wanted != phase:  # (re)compile only when the trainable set changes: it resets optimizer state
+            cutoff = cfg.cutoff() if wanted == "finetune" else _max_cutoff(cfg)
+            set_cutoff(model, cfg, cutoff)
+            compile_model(model, cfg, n, warmup=wanted == "warmup")
+            phase = wanted
+        started = time.perf_counter()
+        fit = model.fit(x, y, batch_size=cfg.batch_size, epochs=epoch + 1, initial_epoch=epoch,
+                        validation_data=validation, shuffle=True, verbose=verbose)
+        metrics = {k: float(v[-1]) for k, v in fit.history.items()}
+        metrics.update(epoch=epoch + 1, phase=phase, epoch_time_s=round(time.perf_counter() - started, 3))
+        if not math.isfinite(metrics.get("loss", 0.0)):
+            rate = cfg.warmup_learning_rate if phase == "warmup" else cfg.learning_rate
+            raise TrialError(f"loss became {metrics['loss']} at epoch {epoch + 1} ({phase} phase, "
+                             f"{cfg.optimizer} at learning_rate {rate:g}): lower `learning_rate`")
+        history.append(metrics)
+        if on_epoch is not None:
+            on_epoch(history, model)
+    return TrainResult(model, cfg, data.class_names, history)
+
+
+def _max_cutoff(cfg: TrialConfig) -> int:
+    from tsweep.trainers.backbones import get_spec
+
+    return get_spec(cfg.backbone).max_cutoff
+
+
+def evaluate(model: Any, x: Any, y: Any, batch_size: int = 64) -> dict[str, float]:
+    """Loss and accuracy of `model` on (x, y), as plain floats."""
+    values = model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
+    return {k: float(v) for k, v in values.items()}
