@@ -26,6 +26,8 @@ def init_ray(address: str | None) -> None:
     # A trial that fails on its own sends one last report without the metric (see trial.ERROR_KEY);
     # the metric name itself is checked against what trials report before Ray starts.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # Per-epoch checkpoints of short trials trip a "snapshotting too often" warning that users cannot act on.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     runtime_env = {"env_vars": dict(TRIAL_ENV)}
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)

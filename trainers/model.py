@@ -6,6 +6,8 @@ inside it, so an exported model needs no Python preprocessing and loads with Ker
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 
 from tsweep.spaces.config import TrialConfig
@@ -95,3 +97,26 @@ def make_optimizer(config: TrialConfig, warmup: bool = False) -> keras.optimizer
 def compile_model(model: keras.Model, config: TrialConfig, num_classes: int, warmup: bool) -> None:
     loss = "binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy"
     model.compile(optimizer=make_optimizer(config, warmup), loss=loss, metrics=["accuracy"])
+
+
+def calibrate_batchnorm(model: keras.Model, images: Any, max_images: int = 64) -> None:
+    """Set a random-init backbone's BatchNorm statistics from a batch of training images.
+
+    Pretrained backbones keep their ImageNet statistics (BatchNorm runs in inference mode). A random-init
+    backbone (`weights: none`) has none worth keeping: its moving mean 0 and variance 1 shrink activations
+    block after block until the pooled features are ~1e-11 and nothing can learn. One forward pass in
+    training mode with momentum 0 replaces them with the statistics of real inputs.
+
+    Args:
+        model: a model from `build_model`.
+        images: training images (N, S, S, 3), raw pixels; the first `max_images` (default 64) are used.
+    """
+    base = backbone_of(model)
+    norms = [layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    saved = [(layer.trainable, layer.momentum) for layer in norms]
+    for layer in norms:
+        layer.trainable, layer.momentum = True, 0.0
+    x = model.get_layer("preprocess")(keras.ops.convert_to_tensor(images[:max_images], dtype="float32"))
+    base(x, training=True)
+    for layer, (trainable, momentum) in zip(norms, saved):
+        layer.trainable, layer.momentum = trainable, momentum

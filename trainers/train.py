@@ -65,7 +65,7 @@ def train(config: Mapping[str, Any] | TrialConfig, data: Dataset, *, on_epoch: E
     import keras
 
     from tsweep.trainers.checkpoint import load_checkpoint
-    from tsweep.trainers.model import build_model, compile_model, set_cutoff
+    from tsweep.trainers.model import build_model, calibrate_batchnorm, compile_model, set_cutoff
 
     cfg = as_config(config)
     n = data.num_classes
@@ -77,6 +77,8 @@ def train(config: Mapping[str, Any] | TrialConfig, data: Dataset, *, on_epoch: E
         phase = history[-1]["phase"] if history else None
     else:
         model, history, phase = build_model(cfg, n), [], None
+        if cfg.weights == "none":
+            calibrate_batchnorm(model, x)
 
     for epoch in range(len(history), cfg.epochs):
         wanted = phase_of(epoch, cfg)
