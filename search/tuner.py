@@ -32,7 +32,8 @@ def init_ray(address: str | None) -> None:
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
     else:
-        ray.init(include_dashboard=False, runtime_env=runtime_env, log_to_driver=False)
+        # "local" always starts a private Ray, never attaching to another one found on this machine.
+        ray.init(address="local", include_dashboard=False, runtime_env=runtime_env, log_to_driver=False)
 
 
 def make_scheduler(max_epochs: int, grace_period: int, reduction_factor: int) -> Any:

@@ -54,8 +54,9 @@ def build_model(config: TrialConfig, num_classes: int) -> keras.Model:
     x = Preprocess(spec.preprocess, name="preprocess")(x)
     base = build_backbone(spec.name, size, weights=config.weights, alpha=config.alpha)
     base.name = BACKBONE_LAYER
-    # training=False keeps BatchNormalization in inference mode even once layers are unfrozen: updating
-    # its statistics on a small dataset would wreck what the pretrained layers learned.
+    # BatchNormalization must stay in inference mode even once layers are unfrozen: updating its statistics
+    # on a small dataset would wreck what the pretrained layers learned. training=False says so (the classic
+    # recipe); set_cutoff also keeps BN layers frozen, which is what makes Keras 3 honour it inside fit.
     x = base(x, training=False)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     if config.head_size:
@@ -76,8 +77,17 @@ def backbone_of(model: keras.Model) -> keras.Model:
 
 
 def set_cutoff(model: keras.Model, config: TrialConfig, cutoff: int) -> int:
-    """Freeze the backbone below block boundary `cutoff` (max = all frozen); returns frozen layer count."""
-    return freeze(backbone_of(model), config.backbone, cutoff)
+    """Freeze the backbone below block boundary `cutoff` (max = all frozen); returns frozen layer count.
+
+    BatchNormalization layers stay frozen above the cutoff too: in Keras 3 a frozen BN layer runs in
+    inference mode, while `base(x, training=False)` alone is overridden by `fit`'s training=True.
+    """
+    base = backbone_of(model)
+    frozen = freeze(base, config.backbone, cutoff)
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+    return frozen
 
 
 def make_optimizer(config: TrialConfig, warmup: bool = False) -> keras.optimizers.Optimizer:
