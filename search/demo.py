@@ -6,6 +6,7 @@ with a notice; then a small ASHA sweep, the leaderboard, the exported winner and
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -15,8 +16,19 @@ from tsweep.errors import SweepConfigError
 DEMO_SPACE = "demo"
 
 
+# Real ImageNet weights that may lie beside the project (the ../shared folder of its workplace) or where
+# $TSWEEP_DEMO_WEIGHTS points: used when the download fails, before falling back to random init.
+LOCAL_WEIGHTS = "mobilenet_v2_0.35_224_no_top.h5"
+
+
+def local_weights() -> Path | None:
+    candidates = [os.environ.get("TSWEEP_DEMO_WEIGHTS", ""),
+                  str(Path(__file__).resolve().parents[2] / "shared" / "weights" / LOCAL_WEIGHTS)]
+    return next((Path(c) for c in candidates if c and Path(c).is_file()), None)
+
+
 def demo_weights(progress: Callable[[str], None]) -> str:
-    """"imagenet" when the demo backbone's ImageNet weights load, else "none" with a printed notice."""
+    """"imagenet" if Keras can download them, else a local copy of the same weights, else "none"."""
     from tsweep.spaces.space import load_space
     from tsweep.trainers.backbones import build_backbone
 
@@ -25,10 +37,16 @@ def demo_weights(progress: Callable[[str], None]) -> str:
         build_backbone(fixed["backbone"], fixed["image_size"], weights="imagenet", alpha=fixed["alpha"])
         return "imagenet"
     except SweepConfigError as e:
-        progress(f"NOTICE: ImageNet weights are not available here ({str(e).splitlines()[0][:160]}...).\n"
-                 "NOTICE: the demo goes on with random init (--weights none): the sweep, pruning, export and "
-                 "prediction work the same, accuracy is lower than with pretrained weights.")
-        return "none"
+        reason = str(e).splitlines()[0][:160]
+    local = local_weights()
+    if local is not None:
+        progress(f"NOTICE: ImageNet weights could not be downloaded ({reason}...).\n"
+                 f"NOTICE: using the same weights from a local file instead: {local}")
+        return str(local)
+    progress(f"NOTICE: ImageNet weights are not available here ({reason}...).\n"
+             "NOTICE: the demo goes on with random init (--weights none): the sweep, pruning, export and "
+             "prediction work the same, but accuracy stays near chance without pretrained features.")
+    return "none"
 
 
 def run_demo(data: str | None = None, results_dir: str = "results", num_samples: int = 8,

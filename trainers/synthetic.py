@@ -16,9 +16,12 @@ SHAPES = (("circles", (200, 40, 40)), ("squares", (40, 170, 40)), ("triangles", 
 
 
 def draw(shape: str, colour: tuple[int, int, int], size: int, rng: np.random.Generator) -> Image.Image:
-    """One image of `shape`, its colour jittered, on a grey noisy background."""
-    background = rng.integers(90, 150, (size, size, 3), dtype=np.uint8)
-    image = Image.fromarray(background)
+    """One image of `shape`, its colour jittered, on a noisy background tinted with the class colour."""
+    # The background leans towards the class colour too, so that even a random-init backbone's pooled
+    # features separate the classes (the demo and the tests run offline, without ImageNet weights).
+    noise = rng.integers(70, 130, (size, size, 3)).astype(np.float32)
+    background = 0.6 * noise + 0.4 * np.asarray(colour, dtype=np.float32)
+    image = Image.fromarray(background.clip(0, 255).astype(np.uint8))
     pen = ImageDraw.Draw(image)
     tint = tuple(int(np.clip(c + rng.integers(-30, 31), 0, 255)) for c in colour)
     r = int(size * rng.uniform(0.2, 0.35))
