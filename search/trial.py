@@ -26,7 +26,7 @@ def make_trainable(data_options: dict[str, Any]) -> Callable[[dict], None]:
         import ray
         from ray import tune
 
-        from tsweep.errors import TrialError
+        from tsweep.errors import SweepConfigError, TrialError
         from tsweep.trainers.checkpoint import save_checkpoint
         from tsweep.trainers.runtime import configure_tensorflow
 
@@ -48,9 +48,9 @@ def make_trainable(data_options: dict[str, Any]) -> Callable[[dict], None]:
         with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
             try:
                 train(cfg, data, on_epoch=report, resume_from=resume_dir)
-            except TrialError as e:
-                # A failure of the config itself: record it and end the trial; Ray's retries are for
-                # infrastructure failures (a dead node), which would only repeat this one.
+            except (TrialError, SweepConfigError) as e:
+                # A failure of the config itself (NaN loss, weights missing on this node): record it and end
+                # the trial; Ray's retries are for infrastructure failures (a dead node) and would repeat it.
                 tune.report({ERROR_KEY: str(e)})
 
     return tsweep_trial

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 from tsweep.errors import SweepConfigError, out_of_range
@@ -174,5 +175,10 @@ def coerce(key: str, value: Any, source: str) -> Any:
     if key in ("weights", "backbone", "optimizer", "augmentation"):
         if not isinstance(value, str):
             raise SweepConfigError(f"{source}: `{key}` must be a string, got {value!r}")
-        return value if key == "weights" else value.lower()
+        if key != "weights":
+            return value.lower()
+        if value.lower() in ("imagenet", "none"):
+            return value.lower()
+        # A weights file: absolute, because Ray runs each trial in its own working directory.
+        return str(Path(value).expanduser().resolve())
     return value

@@ -154,3 +154,11 @@ def test_spaces_package_does_not_import_tensorflow():
             "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_weights_paths_become_absolute_for_trials_running_elsewhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = TrialConfig.from_dict({"weights": "w/file.h5"})
+    assert config.weights == str(tmp_path / "w" / "file.h5")
+    assert TrialConfig.from_dict({"weights": "ImageNet"}).weights == "imagenet"
+    assert TrialConfig.from_dict({"weights": None}).weights == "none"
