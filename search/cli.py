@@ -57,7 +57,27 @@ def show_leaderboard(root: Path, top: int | None = None, fmt: str = "table") -> 
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    show_leaderboard(Path(args.sweep), top=args.top, fmt=args.format)
+    from tsweep.search.leaderboard import board, parse_statuses, parse_where, render
+    from tsweep.search.reader import read_snapshots
+
+    # Every argument is checked before any sweep is read (which may be a slow cloud listing).
+    where = [parse_where(w) for w in args.where]
+    statuses = parse_statuses(args.status)
+    if args.top is not None and args.top < 1:
+        raise SweepConfigError(f"`--top` must be at least 1, got {args.top}")
+    snaps, skipped = read_snapshots(args.sweeps)
+    result = board(snaps, sort=args.sort, mode=args.mode, statuses=statuses, where=where, top=args.top)
+    for message in skipped + [p for s in snaps for p in s.problems] + result.notes:  # stdout stays parseable
+        print(f"tsweep: warning: {message}", file=sys.stderr, flush=True)
+    print(render(result.rows, args.format), flush=True)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tsweep.search.report import write_report
+
+    out = write_report(args.sweep, out=args.out, max_images=args.max_images, progress=log)
+    log(f"wrote {out}")
     return 0
 
 
@@ -70,9 +90,24 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from tsweep.search.predict import predict_files, render_predictions
+    from tsweep.search.predict import expand_images, predict_images, render_predictions
 
-    print(render_predictions(predict_files(args.export, args.images, k=args.top)))
+    if args.top < 1:
+        raise SweepConfigError(f"`--top` must be at least 1, got {args.top}")
+    images = expand_images(args.images)
+    rows, skipped = predict_images(args.export, images, k=args.top)
+    if skipped:  # stderr: stdout stays parseable with --format json|csv
+        print(f"tsweep: warning: skipped {len(skipped)} unreadable image(s):\n"
+              + "\n".join(f"  {p}: {r}" for p, r in skipped), file=sys.stderr, flush=True)
+    if not rows:
+        raise SweepConfigError(f"none of the {len(images)} image(s) could be read: see the warnings above")
+    print(render_predictions(rows, args.format), flush=True)
+    if args.plot:
+        from tsweep.search.predict import plot_predictions
+
+        shown = plot_predictions(rows, args.plot)
+        more = f" (the first {shown} of {len(rows)})" if shown < len(rows) else ""
+        print(f"wrote {args.plot}{more}", file=sys.stderr, flush=True)
     return 0
 
 
@@ -129,11 +164,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-export", action="store_true", help="skip retraining and exporting the winner")
     run.set_defaults(func=cmd_run)
 
-    board = sub.add_parser("leaderboard", help="ranked trials of a sweep (works while it runs)")
-    board.add_argument("sweep", help="results/<name>")
-    board.add_argument("--top", type=int, help="show the best K trials only")
-    board.add_argument("--format", choices=("table", "csv", "json", "markdown"), default="table")
+    board = sub.add_parser("leaderboard", help="ranked trials of one or more sweeps (works while they run)")
+    board.add_argument("sweeps", nargs="+", metavar="SWEEP",
+                       help="results/<name> folders or their URIs (s3://, gs://, file://)")
+    board.add_argument("--top", type=int, help="show the best K trials only (after filtering)")
+    board.add_argument("--format", choices=("table", "csv", "json", "markdown", "html"), default="table")
+    board.add_argument("--status", help="keep these statuses, e.g. completed,pruned (default: all)")
+    board.add_argument("--where", action="append", default=[], metavar="COND",
+                       help="keep trials matching key=value, key!=value, key<value, <=, >, >= on a column or any "
+                            "hyperparameter; repeatable (all must hold), e.g. --where 'learning_rate<1e-3'")
+    board.add_argument("--sort", metavar="METRIC", help="rank by this reported metric, e.g. val_loss "
+                       "(default: the sweep's own metric)")
+    board.add_argument("--mode", choices=("max", "min"), help="direction (default: the sweep's, or from the "
+                       "--sort metric's name: min for losses)")
     board.set_defaults(func=cmd_leaderboard)
+
+    report = sub.add_parser("report", help="one self-contained HTML report of a sweep and its exported winner")
+    report.add_argument("sweep", help="results/<name>")
+    report.add_argument("--out", help="HTML file to write (default: results/<name>/report.html); its plots "
+                        "are also saved as PNGs in <out stem>_files/ beside it")
+    report.add_argument("--max-images", type=int, default=8, help="misclassified images shown (default: 8)")
+    report.set_defaults(func=cmd_report)
 
     export = sub.add_parser("export", help="retrain the winner (or --trial) and export it")
     export.add_argument("sweep", help="results/<name>")
@@ -143,8 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="classify images with an export")
     predict.add_argument("export", help="results/<name>/export")
-    predict.add_argument("images", nargs="+", help="image files")
+    predict.add_argument("images", nargs="+", metavar="IMAGE",
+                         help="image files, folders (searched recursively) or quoted globs like 'photos/**/*.jpg'")
     predict.add_argument("--top", type=int, default=3, help="classes per image (default: 3)")
+    predict.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                         help="table for people, json or csv for scripts (default: table)")
+    predict.add_argument("--plot", metavar="FILE.png", help="also write an image of each photo with its top-k bars")
     predict.set_defaults(func=cmd_predict)
 
     sub.add_parser("backbones", help="list backbones and their freeze cut points").set_defaults(func=cmd_backbones)

@@ -1,8 +1,13 @@
-"""`tsweep predict`: load an export safely and print top-k classes with probabilities."""
+"""`tsweep predict`: load an export safely, classify files, folders and globs, print top-k classes with
+probabilities as a table, JSON or CSV, and optionally plot each photo beside its top-k bars."""
 
 from __future__ import annotations
 
+import csv
+import glob
+import io
 import json
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -43,27 +48,131 @@ def load_export(export_dir: str | Path) -> tuple[Any, list[str], int]:
     return model, classes, size
 
 
-def predict_files(export_dir: str | Path, images: Sequence[str | Path], k: int = 3) -> list[tuple[str, list]]:
-    """[(image path, [(class, probability), ...]), ...] for each readable image; unreadable ones raise."""
+def expand_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files from files, folders (images inside, recursively; hidden files and folders skipped) and
+    globs (quoted, e.g. 'photos/**/*.jpg'; ** recurses), in the order given, each file once.
+
+    Raises:
+        SweepConfigError: an input that is no file, folder or matching glob, or a folder without images.
+    """
+    from tsweep.trainers.images import EXTENSIONS_TEXT, is_image_file
+
+    def in_folder(folder: Path) -> list[Path]:
+        return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p)
+                      and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+    found: list[Path] = []
+    for item in map(str, inputs):
+        path = Path(item).expanduser()
+        if path.is_dir():
+            files = in_folder(path)
+            if not files:
+                raise SweepConfigError(f"folder {path} holds no images ({EXTENSIONS_TEXT}), sub-folders included")
+        elif path.is_file():
+            files = [path]  # named explicitly: decoding tells whether it is an image
+        elif any(c in item for c in "*?["):
+            files = []
+            for match in sorted(glob.glob(os.path.expanduser(item), recursive=True)):
+                m = Path(match)
+                files += in_folder(m) if m.is_dir() else [m] if m.is_file() and is_image_file(m) else []
+            if not files:
+                raise SweepConfigError(f"no images match {item!r} ({EXTENSIONS_TEXT})")
+        else:
+            raise SweepConfigError(f"no such image file or folder: {item}")
+        found += files
+    return list(dict.fromkeys(found))
+
+
+def predict_images(export_dir: str | Path, images: Sequence[str | Path], k: int = 3, batch_size: int = 64,
+                   ) -> tuple[list[tuple[str, list]], list[tuple[str, str]]]:
+    """Classify image files with an export, skipping unreadable ones.
+
+    Args:
+        export_dir: results/<name>/export.
+        images: image files (see `expand_images` for folders and globs).
+        k: classes kept per image, most probable first; default 3.
+        batch_size: images decoded and predicted at a time (bounds memory on big folders); default 64.
+
+    Returns:
+        ([(image path, [(class, probability), ...]), ...] in input order, [(path, reason), ...] skipped).
+    """
     from tsweep.trainers.images import BadImageError, decode_image
 
     model, classes, size = load_export(export_dir)
-    arrays = []
-    for path in images:
-        try:
-            arrays.append(decode_image(Path(path), size))
-        except (BadImageError, OSError) as e:
-            raise SweepConfigError(f"cannot read image {path}: {e}") from None
-    if not arrays:
-        return []
-    outputs = model.predict(np.stack(arrays).astype("float32"), verbose=0)
-    return list(zip(map(str, images), top_k(probabilities(outputs, len(classes)), classes, k)))
+    rows: list[tuple[str, list]] = []
+    skipped: list[tuple[str, str]] = []
+    batch_size = max(1, min(batch_size, len(images)))
+    for start in range(0, len(images), batch_size):
+        paths, arrays = [], []
+        for path in images[start:start + batch_size]:
+            try:
+                arrays.append(decode_image(Path(path), size))
+                paths.append(str(path))
+            except BadImageError as e:
+                skipped.append((str(path), e.reason))
+            except OSError as e:
+                skipped.append((str(path), str(e)))
+        if arrays:
+            # Every batch is padded to one shape: the model is traced once, not once per partial batch.
+            batch = np.zeros((batch_size, size, size, 3), dtype="float32")
+            batch[:len(arrays)] = np.stack(arrays)
+            outputs = np.asarray(model.predict_on_batch(batch))[:len(arrays)]
+            rows += zip(paths, top_k(probabilities(outputs, len(classes)), classes, k))
+    return rows, skipped
 
 
-def render_predictions(rows: list[tuple[str, list]]) -> str:
-    """Plain text: each image, then its classes with probabilities."""
+def predict_files(export_dir: str | Path, images: Sequence[str | Path], k: int = 3) -> list[tuple[str, list]]:
+    """[(image path, [(class, probability), ...]), ...] for each readable image; unreadable ones raise."""
+    rows, skipped = predict_images(export_dir, images, k)
+    if skipped:
+        raise SweepConfigError(f"cannot read image {skipped[0][0]}: {skipped[0][1]}")
+    return rows
+
+
+def render_predictions(rows: list[tuple[str, list]], fmt: str = "table") -> str:
+    """Predictions as text.
+
+    Args:
+        rows: (image path, [(class, probability), ...]) pairs from `predict_images`.
+        fmt: "table" (each image, then its classes with a bar and the probability), "json" (a list of
+            {"image", "predictions": [{"class", "probability"}]}) or "csv" (image, rank, class,
+            probability: one line per class); default "table".
+    """
+    if fmt == "json":
+        return json.dumps([{"image": path, "predictions": [{"class": c, "probability": p} for c, p in preds]}
+                           for path, preds in rows], indent=2)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["image", "rank", "class", "probability"])
+        writer.writerows([path, rank, c, f"{p:.6f}"] for path, preds in rows for rank, (c, p) in enumerate(preds, 1))
+        return out.getvalue().rstrip("\n")
+    if fmt != "table":
+        raise SweepConfigError(f"`--format` must be table, json or csv, got {fmt!r}")
+    width = max([len(c) for _, preds in rows for c, _ in preds] + [8])
     lines = []
     for path, preds in rows:
         lines.append(path)
-        lines += [f"  {name:<24} {p:7.2%}" for name, p in preds]
+        lines += [f"  {name:<{width}}  {'#' * round(p * 20):<20}  {p:7.2%}" for name, p in preds]
     return "\n".join(lines)
+
+
+def plot_predictions(rows: list[tuple[str, list]], out: str | Path, max_images: int = 24, columns: int = 3) -> int:
+    """Write a PNG with each photo beside bars of its top-k classes; returns how many photos it shows.
+
+    Args:
+        rows: (image path, [(class, probability), ...]) pairs from `predict_images`.
+        out: the PNG file to write (its folder is created).
+        max_images: photos shown at most (the first ones); default 24.
+        columns: photos per row; default 3.
+    """
+    from tsweep.search.report_plots import predictions_png
+    from tsweep.trainers.images import decode_image
+
+    shown = rows[:max(1, max_images)]
+    items = [{"title": "/".join(Path(path).parts[-2:])[-36:], "image": decode_image(Path(path), 128),
+              "predictions": preds} for path, preds in shown]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(predictions_png(items, columns))
+    return len(shown)
