@@ -28,10 +28,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         results_dir=args.results_dir, metric=args.metric, mode=args.mode or "", grace_period=args.grace_period,
         reduction_factor=args.reduction_factor, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, address=args.address, max_failures=args.max_failures,
-        val_fraction=args.val_fraction, seed=args.seed, cache_dir=args.cache_dir, export=not args.no_export)
-    root = run_sweep(opts, progress=log)
+        val_fraction=args.val_fraction, seed=args.seed, cache_dir=args.cache_dir, export=not args.no_export,
+        storage=args.storage, mixed_precision=args.mixed_precision)
+    return finish(run_sweep(opts, progress=log), opts.export)
+
+
+def finish(root: Path, export: bool) -> int:
+    """After the trials: the leaderboard, then the retrained and exported winner."""
     show_leaderboard(root, top=10)
-    if not opts.export:
+    if not export:
         return 0
     from tsweep.search.export import export_winner
 
@@ -42,6 +47,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     log(f"exported the winner to {out}\ntry: tsweep predict {out} IMAGE")
     return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from tsweep.search.sweep import resume_sweep
+
+    root, export = resume_sweep(Path(args.sweep), address=args.address, progress=log)
+    return finish(root, export and not args.no_export)
 
 
 def show_leaderboard(root: Path, top: int | None = None, fmt: str = "table") -> str:
@@ -161,8 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--val-fraction", type=float, default=0.2, help="split when no val folder (default: 0.2)")
     run.add_argument("--seed", type=int, default=0, help="data split and sampling seed (default: 0)")
     run.add_argument("--cache-dir", help="decoded-image cache (default: $TSWEEP_CACHE or ~/.cache/tsweep)")
+    run.add_argument("--storage", help="Ray checkpoints and state: a path all nodes share, s3://... or gs://... "
+                     "(default: --results-dir)")
+    run.add_argument("--mixed-precision", action="store_true", help="float16 compute on GPU trials")
     run.add_argument("--no-export", action="store_true", help="skip retraining and exporting the winner")
     run.set_defaults(func=cmd_run)
+
+    resume = sub.add_parser("resume", help="continue a sweep whose driver was stopped or killed")
+    resume.add_argument("sweep", help="results/<name>")
+    resume.add_argument("--address", help="Ray cluster to resume on (default: the sweep's own --address)")
+    resume.add_argument("--no-export", action="store_true", help="skip retraining and exporting the winner")
+    resume.set_defaults(func=cmd_resume)
 
     board = sub.add_parser("leaderboard", help="ranked trials of one or more sweeps (works while they run)")
     board.add_argument("sweeps", nargs="+", metavar="SWEEP",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -40,12 +41,12 @@ class SweepRecorder(Callback):
 
     # -- Ray Tune events --------------------------------------------------------------------------------
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        record = self.records.get(trial.trial_id)
+        record = self._record(trial)
         if record is None:
             config = dict(trial.config)
             record = {"trial_id": trial.trial_id, "status": "running", "config": config, "history": [],
                       "budget": int(config.get("epochs", TrialConfig.epochs)), "started": time.time(), "ended": None,
-                      "wall_s": 0.0, "error": None, "node": None, "restarts": 0}
+                      "wall_s": 0.0, "error": None, "nodes": [], "resumed_from": [], "restarts": 0}
             self.records[trial.trial_id] = record
         else:  # restarted after a failure: keep the history, it continues from the checkpoint
             record.update(status="running", ended=None)
@@ -53,15 +54,21 @@ class SweepRecorder(Callback):
         self._progress(force=True)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        record = self.records.get(trial.trial_id)
+        record = self._record(trial)
         if record is not None:
             record["restarts"] += 1
             record["status"] = "running"
             self._save(record)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        record = self.records[trial.trial_id]
-        record["node"] = result.get("node_ip", record["node"])
+        record = self._record(trial)
+        if result.get("node_id") and result["node_id"] not in record["nodes"][-1:]:
+            record["nodes"].append(result["node_id"])  # where each stretch of epochs ran
+        if "gpu_fraction" in result:
+            record["resources"] = {"gpu_fraction": result["gpu_fraction"],
+                                   "cuda_visible_devices": result.get("cuda_visible_devices", "")}
+        if "resumed_from" in result:
+            record["resumed_from"].append(result["resumed_from"])
         if ERROR_KEY in result:
             record["error"] = result[ERROR_KEY]
         else:
@@ -74,17 +81,26 @@ class SweepRecorder(Callback):
         self._progress()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        record = self.records[trial.trial_id]
+        record = self._record(trial)
         record["status"] = final_status(len(record["history"]), record["budget"], record["error"] is not None)
         self._end(record)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        record = self.records[trial.trial_id]
+        record = self._record(trial)
         record["status"] = "failed"
         record["error"] = _error_text(trial)
         self._end(record)
 
     # -- helpers --------------------------------------------------------------------------------------
+    def _record(self, trial: Any) -> dict | None:
+        """The trial's record: in memory, or on disk when this driver resumed someone else's sweep."""
+        record = self.records.get(trial.trial_id)
+        if record is None:
+            path = trial_path(self.root, trial.trial_id)
+            if path.is_file():
+                record = self.records[trial.trial_id] = json.loads(path.read_text())
+        return record
+
     def _end(self, record: dict) -> None:
         record["ended"] = time.time()
         record["wall_s"] = round(record["ended"] - record["started"], 2)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from tsweep.errors import SweepConfigError, out_of_range
 from tsweep.search.objective import Objective
@@ -30,7 +31,9 @@ class SweepOptions:
     num_samples: int = 16  # trials
     # --- where results go ------------------------------------------------------------------------------
     name: str = ""  # results/<name>; default sweep-<date>-<time>
-    results_dir: str = "results"
+    results_dir: str = "results"  # trial records, leaderboards and the export, on the driver's disk
+    storage: str | None = None  # Ray's checkpoints and experiment state: a path every node sees, or
+    #                            s3://... / gs://... (pyarrow filesystems); default results_dir
     # --- objective and ASHA ----------------------------------------------------------------------------
     metric: str = "val_accuracy"
     mode: str = ""  # max or min; default from the metric's name
@@ -41,6 +44,7 @@ class SweepOptions:
     gpus_per_trial: float = 0.0  # fractions share a GPU (e.g. 0.5 = two trials per GPU)
     address: str | None = None  # None = embedded local Ray; "auto", HOST:PORT or ray://HOST:10001
     max_failures: int = 3  # restarts of a trial after infrastructure failures (a node dying)
+    mixed_precision: bool = False  # float16 compute on GPU trials
     # --- data ------------------------------------------------------------------------------------------
     val_fraction: float = 0.2  # split off train when there is no val/validation folder
     seed: int = 0  # data split and trial sampling
@@ -104,7 +108,8 @@ def prepare(opts: SweepOptions, progress: Callable[[str], None] = print) -> tupl
 
     Returns the space with overrides applied, the data options for trials and the sweep folder.
     """
-    from tsweep.trainers.data import discover, load_dataset
+    from tsweep.trainers.data import default_cache_dir, discover, load_dataset
+    from tsweep.trainers.remote import is_uri, local_data_dir
 
     check_options(opts)
     name = check_name(opts.name or time.strftime("sweep-%Y%m%d-%H%M%S"))
@@ -115,15 +120,27 @@ def prepare(opts: SweepOptions, progress: Callable[[str], None] = print) -> tupl
     space = load_space(opts.space)
     if opts.overrides:
         space = space.with_fixed(**opts.overrides)
-    data_dir = Path(opts.data).expanduser().resolve()
-    discover(data_dir, val_fraction=opts.val_fraction)  # layout and class checks, before any decoding
-    data_options = {"data_dir": str(data_dir), "val_fraction": opts.val_fraction, "seed": opts.seed,
+    # A URI stays a URI (every node makes its own copy); a local path becomes absolute for the trials.
+    data_dir = opts.data if is_uri(opts.data) else str(Path(opts.data).expanduser().resolve())
+    cache = Path(opts.cache_dir).expanduser() if opts.cache_dir else default_cache_dir()
+    # layout and class checks, before any decoding
+    discover(local_data_dir(data_dir, cache, progress), val_fraction=opts.val_fraction)
+    data_options = {"data_dir": data_dir, "val_fraction": opts.val_fraction, "seed": opts.seed,
                     "cache_dir": opts.cache_dir}
     for size in candidates(space, "image_size"):
         data = load_dataset(image_size=int(size), progress=progress, **data_options)
         progress(data.summary())
     check_weights(space, progress)
     return space, data_options, root
+
+
+def experiment_path(opts: SweepOptions, root: Path) -> str:
+    """Where Ray Tune keeps this sweep's experiment state and checkpoints (what `tsweep resume` restores)."""
+    if not opts.storage:
+        return str(root)
+    if "://" in opts.storage:
+        return f"{opts.storage.rstrip('/')}/{root.name}"
+    return str(Path(opts.storage).expanduser().resolve() / root.name)
 
 
 def run_sweep(opts: SweepOptions, progress: Callable[[str], None] = print) -> Path:
@@ -134,24 +151,68 @@ def run_sweep(opts: SweepOptions, progress: Callable[[str], None] = print) -> Pa
     info = {"name": root.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "status": "running",
             "options": asdict(opts), "data": data_options, "space": space.source,
             "params": {k: asdict(d) for k, d in space.params.items()}, "sampled": list(space.sampled),
-            "metric": objective.metric, "mode": objective.mode, "max_epochs": max_epochs}
+            "metric": objective.metric, "mode": objective.mode, "max_epochs": max_epochs,
+            "experiment": experiment_path(opts, root)}
     root.mkdir(parents=True, exist_ok=True)
     write_sweep(root, info)
     progress(f"sweep {root.name}: {opts.num_samples} trials of {space.source}, ASHA on {objective.metric} "
              f"({objective.mode}), up to {max_epochs} epochs; results in {root}")
-    try:
-        from tsweep.search.tuner import run_tuner
+    from tsweep.search.tuner import run_tuner
 
+    with sweep_status(root, info, progress):
         run_tuner(opts, space, data_options, root, objective, max_epochs, progress)
+    return root
+
+
+@contextmanager
+def sweep_status(root: Path, info: dict, progress: Callable[[str], None]) -> Iterator[None]:
+    """Mark sweep.json finished, interrupted or failed when the block ends, however it ends."""
+    try:
+        yield
         info["status"] = "finished"
     except KeyboardInterrupt:
         info["status"] = "interrupted"
-        progress(f"interrupted: trials so far are kept in {root}")
+        progress(f"interrupted: trials so far are kept in {root}; continue with `tsweep resume {root}`")
+        raise
+    except BaseException:
+        info["status"] = "failed"
         raise
     finally:
         info["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         write_sweep(root, info)
-    return root
+
+
+def resume_sweep(root: Path, address: str | None = None,
+                 progress: Callable[[str], None] = print) -> tuple[Path, bool]:
+    """Continue a sweep whose driver stopped: finished and pruned trials are not run again.
+
+    Args:
+        root: the sweep folder (results/<name>).
+        address: a Ray cluster to resume on; default the sweep's own (None = a new local Ray).
+        progress: where progress lines go.
+
+    Returns the sweep folder and whether the sweep asked for an export.
+    """
+    from tsweep.search.records import read_sweep
+    from tsweep.search.tuner import resume_tuner
+
+    info = read_sweep(root)
+    options = dict(info["options"])
+    if address:
+        options["address"] = address
+    opts = SweepOptions(**options)
+    if info.get("status") == "finished":
+        progress(f"{root} already finished: nothing to resume")
+        return root, False
+    done = {s: n for s, n in summary(root).items() if s in ("completed", "pruned", "failed")}
+    progress(f"resuming {root.name}: {sum(done.values())} trials already ended ({done}); unfinished trials "
+             "continue from their last checkpoints")
+    info["status"] = "running"
+    info.setdefault("resumed", []).append(time.strftime("%Y-%m-%dT%H:%M:%S"))
+    write_sweep(root, info)
+    with sweep_status(root, info, progress):
+        resume_tuner(opts, info["data"], info.get("experiment", str(root)))
+    return root, opts.export
 
 
 def summary(root: Path) -> dict[str, Any]:

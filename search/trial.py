@@ -6,6 +6,7 @@ another node or resumed by `tsweep resume` continues from its last epoch.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from contextlib import nullcontext
 from typing import Any, Callable
@@ -13,10 +14,11 @@ from typing import Any, Callable
 ERROR_KEY = "tsweep_error"  # set in a trial's last report when it failed on its own (e.g. NaN loss)
 
 
-def make_trainable(data_options: dict[str, Any]) -> Callable[[dict], None]:
+def make_trainable(data_options: dict[str, Any], mixed_precision: bool = False) -> Callable[[dict], None]:
     """A Ray Tune function trainable reading the dataset described by `data_options`.
 
     Args:
+        mixed_precision: train in float16 on GPUs (ignored on CPU-only trials); default False.
         data_options: keyword arguments of `tsweep.trainers.data.load_dataset` except image_size
             (data_dir as an absolute path, val_fraction, seed, cache_dir); decoded arrays come from the
             on-disk cache, so trials never decode images themselves on a node that has them.
@@ -27,11 +29,16 @@ def make_trainable(data_options: dict[str, Any]) -> Callable[[dict], None]:
         from ray import tune
 
         from tsweep.errors import SweepConfigError, TrialError
-        from tsweep.trainers.checkpoint import save_checkpoint
+        from tsweep.trainers.checkpoint import checkpoint_epoch, save_checkpoint
         from tsweep.trainers.runtime import configure_tensorflow
 
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
-        configure_tensorflow(cpus)
+        context = ray.get_runtime_context()
+        assigned = context.get_assigned_resources()
+        configure_tensorflow(assigned.get("CPU"), gpu_fraction=assigned.get("GPU", 0.0),
+                             mixed_precision=mixed_precision)
+        # Where the trial ran and what it was given, for the records (and the multi-node tests).
+        placement = {"node_id": context.get_node_id()[:12], "gpu_fraction": assigned.get("GPU", 0.0),
+                     "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
 
         from tsweep.trainers.data import load_dataset
         from tsweep.trainers.train import as_config, train
@@ -39,13 +46,20 @@ def make_trainable(data_options: dict[str, Any]) -> Callable[[dict], None]:
         cfg = as_config(config)
         data = load_dataset(image_size=cfg.image_size, **data_options)
 
+        checkpoint = tune.get_checkpoint()
+        resumed: list[int] = []  # the checkpoint epoch this run continues from, said in its first report
+
         def report(history: list, model: Any) -> None:
+            metrics = {**history[-1], **placement}
+            if resumed:
+                metrics["resumed_from"] = resumed.pop()
             with tempfile.TemporaryDirectory(prefix="tsweep-ckpt-") as tmp:
                 save_checkpoint(tmp, model, history)
-                tune.report(dict(history[-1]), checkpoint=tune.Checkpoint.from_directory(tmp))
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-        checkpoint = tune.get_checkpoint()
         with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
+            if resume_dir is not None:
+                resumed.append(checkpoint_epoch(resume_dir))
             try:
                 train(cfg, data, on_epoch=report, resume_from=resume_dir)
             except (TrialError, SweepConfigError) as e:

@@ -16,6 +16,29 @@ from tsweep.spaces.space import Space
 TRIAL_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}
 
 
+# What a cluster's workers never need from a source checkout (Ray uploads the working_dir to every node).
+SHIP_EXCLUDES = ["results/", ".venv/", "venv/", ".git/", "**/__pycache__/", ".pytest_cache/", ".ruff_cache/",
+                 ".cache/", "*.h5", "*.keras", "*.egg-info/"]
+
+
+def source_root() -> Path | None:
+    """The checkout tsweep runs from (the folder with pyproject.toml), or None for an installed wheel."""
+    import tsweep
+
+    root = Path(tsweep.__file__).resolve().parents[1]
+    return root if (root / "pyproject.toml").is_file() and (root / "search").is_dir() else None
+
+
+def runtime_env_for(address: str | None) -> dict:
+    """Trial environment: quiet logs everywhere; on a cluster, also this checkout as Ray's working_dir,
+    so every node runs the driver's code (without results, caches and virtualenvs)."""
+    env: dict = {"env_vars": dict(TRIAL_ENV)}
+    root = source_root()
+    if address and root is not None:
+        env.update(working_dir=str(root), excludes=list(SHIP_EXCLUDES))
+    return env
+
+
 def init_ray(address: str | None) -> None:
     """Start an embedded local Ray (address None) or connect to a running cluster."""
     import ray
@@ -28,12 +51,19 @@ def init_ray(address: str | None) -> None:
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     # Per-epoch checkpoints of short trials trip a "snapshotting too often" warning that users cannot act on.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    runtime_env = {"env_vars": dict(TRIAL_ENV)}
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+        ray.init(address=address, runtime_env=runtime_env_for(address), log_to_driver=False)
     else:
         # "local" always starts a private Ray, never attaching to another one found on this machine.
-        ray.init(address="local", include_dashboard=False, runtime_env=runtime_env, log_to_driver=False)
+        ray.init(address="local", include_dashboard=False, runtime_env=runtime_env_for(None), log_to_driver=False)
+
+
+def trainable_for(opts: Any, data_options: dict) -> Any:
+    """The trial function with its per-trial resources (CPUs, a GPU fraction)."""
+    from ray import tune
+
+    resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
+    return tune.with_resources(make_trainable(data_options, mixed_precision=opts.mixed_precision), resources)
 
 
 def make_scheduler(max_epochs: int, grace_period: int, reduction_factor: int) -> Any:
@@ -61,8 +91,7 @@ def run_tuner(opts: Any, space: Space, data_options: dict, root: Path, objective
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     init_ray(opts.address)
-    resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
-    trainable = tune.with_resources(make_trainable(data_options), resources)
+    trainable = trainable_for(opts, data_options)
     recorder = SweepRecorder(root, objective, total=opts.num_samples, printer=progress)
     tuner = tune.Tuner(
         trainable,
@@ -74,11 +103,34 @@ def run_tuner(opts: Any, space: Space, data_options: dict, root: Path, objective
             trial_dirname_creator=lambda trial: trial.trial_id,
         ),
         run_config=tune.RunConfig(
-            name=root.name, storage_path=str(root.parent), callbacks=[recorder], verbose=0,
+            name=root.name, storage_path=storage_path(opts, root), callbacks=[recorder], verbose=0,
             # Disk stays bounded: the best checkpoint by the metric, plus Ray always keeps the latest.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=objective.metric,
                                                     checkpoint_score_order=objective.mode),
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
         ),
     )
+    return tuner.fit()
+
+
+def storage_path(opts: Any, root: Path) -> str:
+    """Ray's storage_path: --storage (a shared path or a cloud URI) or, by default, the results folder."""
+    if not opts.storage:
+        return str(root.parent)
+    return opts.storage if "://" in opts.storage else str(Path(opts.storage).expanduser().resolve())
+
+
+def resume_tuner(opts: Any, data_options: dict, experiment: str) -> Any:
+    """Continue an interrupted sweep from Ray's experiment state: finished and pruned trials stay as they
+    are, unfinished and errored ones continue from their last checkpoint."""
+    from ray import tune
+
+    init_ray(opts.address)
+    if not tune.Tuner.can_restore(experiment):
+        from tsweep.errors import SweepConfigError
+
+        raise SweepConfigError(f"{experiment} holds no Ray Tune experiment state to resume from (the sweep "
+                               "stopped before its first trial started): run it again with `tsweep run`")
+    tuner = tune.Tuner.restore(experiment, trainable_for(opts, data_options), resume_unfinished=True,
+                               resume_errored=True)
     return tuner.fit()

@@ -33,3 +33,8 @@ def load_checkpoint(directory: str | Path) -> tuple[Any, list[dict]]:
     model = keras.models.load_model(directory / MODEL_FILE, safe_mode=True)
     history = json.loads((directory / STATE_FILE).read_text())["history"]
     return model, history
+
+
+def checkpoint_epoch(directory: str | Path) -> int:
+    """The last completed epoch saved in a checkpoint directory."""
+    return int(json.loads((Path(directory) / STATE_FILE).read_text())["epoch"])

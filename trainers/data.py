@@ -26,6 +26,7 @@ import numpy as np
 
 from tsweep.errors import SweepConfigError
 from tsweep.trainers import images as imgs
+from tsweep.trainers.remote import local_data_dir
 
 SPLITS = ("train", "val", "test")
 _SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
@@ -247,7 +248,8 @@ def load_dataset(data_dir: str | os.PathLike, image_size: int, *, val_fraction: 
     """Discover, check, decode (or load from the cache) and split an image folder.
 
     Args:
-        data_dir: the data folder (see the module docstring for the accepted layouts).
+        data_dir: the data folder (see the module docstring for the accepted layouts), or a URI
+            (s3://, gs://, file://) copied once per node into the cache (see `tsweep.trainers.remote`).
         image_size: side S in pixels of the square images (resized without keeping the aspect ratio).
         val_fraction: share of each class split off train for validation when there is no val folder;
             default 0.2 (0 = no validation).
@@ -262,8 +264,8 @@ def load_dataset(data_dir: str | os.PathLike, image_size: int, *, val_fraction: 
     if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or image_size < 1:
         raise SweepConfigError(f"`image_size` must be a positive whole number of pixels, got {image_size!r}")
     image_size = int(image_size)
-    layout = discover(data_dir, val_fraction=val_fraction)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    layout = discover(local_data_dir(data_dir, cache, progress), val_fraction=val_fraction)
     images, meta = _decoded(layout, image_size, cache, progress)
     split_of = np.array([f["split"] for f in meta["files"]])
     labels = np.array([f["label"] for f in meta["files"]], dtype=np.int64)

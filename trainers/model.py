@@ -64,9 +64,10 @@ def build_model(config: TrialConfig, num_classes: int) -> keras.Model:
     if config.dropout:
         x = keras.layers.Dropout(config.dropout, seed=config.seed, name="dropout")(x)
     if num_classes == 2:
-        outputs = keras.layers.Dense(1, activation="sigmoid", name="probabilities")(x)
+        outputs = keras.layers.Dense(1, activation="sigmoid", name="probabilities", dtype="float32")(x)
     else:
-        outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+        outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities",
+                                     dtype="float32")(x)  # float32 even under mixed precision
     model = keras.Model(inputs, outputs, name=f"tsweep_{spec.name}")
     set_cutoff(model, config, spec.max_cutoff)
     return model

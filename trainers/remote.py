@@ -1,0 +1,65 @@
+"""Datasets given as URIs (s3://, gs://, file://, ...): copied once per node into the local cache.
+
+Each node of a cluster makes its own copy the first time a trial (or the driver) asks for the dataset; the
+copy is keyed by the remote listing (paths, sizes, modification times), so changed data is fetched again
+and unchanged data never is. Decoding then works on the local copy like on any folder.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from tsweep.errors import SweepConfigError
+
+DONE = ".complete"
+
+
+def is_uri(data_dir: str | os.PathLike) -> bool:
+    return "://" in str(data_dir)
+
+
+def local_data_dir(data_dir: str | os.PathLike, cache_dir: Path,
+                   progress: Callable[[str], None] | None = None) -> Path:
+    """A local folder holding `data_dir`: the path itself, or the node's copy of a URI.
+
+    Args:
+        data_dir: a local path, or a URI pyarrow can open (s3://bucket/data, gs://..., file:///...).
+        cache_dir: the tsweep cache root; copies go to `cache_dir/remote/<key>/`.
+        progress: called with a line when a copy is made; default None.
+    """
+    if not is_uri(data_dir):
+        return Path(data_dir).expanduser()
+    import pyarrow.fs as pafs
+
+    uri = str(data_dir).rstrip("/")
+    try:
+        fs, root = pafs.FileSystem.from_uri(uri)
+        listing = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    except (OSError, ValueError) as e:
+        raise SweepConfigError(f"cannot list data URI {uri}: {e}. Check the URI and this node's credentials "
+                               "(e.g. an instance profile with read access), or pass a local path") from None
+    files = sorted((i.path, i.size, i.mtime_ns or 0) for i in listing if i.type == pafs.FileType.File)
+    if not files:
+        raise SweepConfigError(f"data URI {uri} holds no files: pass a folder of class folders")
+    key = hashlib.sha256(repr((uri, files)).encode()).hexdigest()[:24]
+    target = cache_dir / "remote" / key
+    if (target / DONE).exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one copy per node, even with several trials starting at once
+        if not (target / DONE).exists():
+            if progress:
+                progress(f"copying {len(files)} files from {uri} to {target}")
+            tmp = target.with_name(f".{key}.tmp-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            pafs.copy_files(root, str(tmp), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.rename(target)
+            (target / DONE).touch()
+    return target
