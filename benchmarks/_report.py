@@ -1,0 +1,86 @@
+"""Figures of sweep_speed.py: the machine, the final table, the --json document."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+from pathlib import Path
+
+import ray  # also puts its bundled psutil on sys.path (ray[tune] does not install psutil itself)
+
+RUNS = {"a": "tsweep", "b": "naive_ray", "c": "keras_tuner_hyperband"}
+
+
+def machine() -> dict:
+    import keras
+    import keras_tuner
+    import psutil
+    import tensorflow as tf
+
+    try:
+        from ray._private.utils import get_num_cpus  # the CPUs a local Ray detects (cgroup limits included)
+
+        ray_cpus = int(get_num_cpus())
+    except Exception:
+        ray_cpus = os.cpu_count() or 1
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return {"cpus": os.cpu_count(), "ray_cpus": ray_cpus, "cpu": cpu,
+            "ram_gb": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version(),
+            "tensorflow": tf.__version__, "keras": keras.__version__, "ray": ray.__version__,
+            "keras_tuner": keras_tuner.__version__}
+
+
+def ratio(num: dict | None, den: dict | float | None) -> float | None:
+    a = num["wall_s"] if isinstance(num, dict) else num
+    b = den["wall_s"] if isinstance(den, dict) else den
+    return round(a / b, 2) if a and b else None
+
+
+def table(results: dict, bound: dict | None, args: argparse.Namespace, info: dict) -> str:
+    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
+    rows = [f"{'run':<28}{'wall s':>9}{'trials':>8}{'epochs':>8}{'s/epoch':>9}{'best val acc':>14}"
+            f"{'peak RSS MB':>13}{'wall / (a)':>12}"]
+    for letter, name in RUNS.items():
+        r = results.get(name)
+        if r is None:
+            rows.append(f"({letter}) {name:<24}{'not run':>9}")
+            continue
+        per_epoch = r["wall_s"] / r["epochs"] if r["epochs"] else None
+        rows.append(f"({letter}) {name:<24}{r['wall_s']:>9.1f}{r['trials']:>8}{r['epochs']:>8}"
+                    f"{fmt(per_epoch, '.2f'):>9}{fmt(r['best_val_accuracy'], '.4f'):>14}{r['peak_rss_mb']:>13}"
+                    f"{fmt(ratio(r, results.get('tsweep')), '.2f'):>12}")
+    a = results.get("tsweep")
+    lines = [f"sweep: {args.trials} trials, ASHA max {args.max_epochs} epochs (grace 1, reduction 3), "
+             f"MobileNetV2 1.0 at {args.image_size} px, weights {Path(args.weights).name}, data {args.data}",
+             f"machine: {info['cpus']} CPUs ({info['cpu']}), {info['ram_gb']} GB RAM, Python {info['python']}, "
+             f"TensorFlow {info['tensorflow']}, Keras {info['keras']}, Ray {info['ray']}, "
+             f"KerasTuner {info['keras_tuner']}", "", *rows, ""]
+    for label, num in (("naive / tsweep", results.get("naive_ray")),
+                       ("hyperband / tsweep", results.get("keras_tuner_hyperband"))):
+        lines.append(f"{label}: {fmt(ratio(num, a), '.2f')}")
+    if bound is None:
+        lines.append("lower bound for (a): n/a (needs (a))")
+    else:
+        cuts = ", ".join(str(c) for c in bound["prefix_s"]) or "none"
+        lines.append(f"lower bound for (a): {bound['bound_s']:.1f} s = decode {bound['decode_s']:.1f} + frozen "
+                     f"prefixes {sum(bound['prefix_s'].values()):.1f} (cutoffs {cuts}) + train steps "
+                     f"{bound['train_s']:.1f} (sum of epoch_time_s); tsweep / bound: "
+                     f"{fmt(ratio(a, bound['bound_s']), '.2f')}")
+        n = max(1, min(info["ray_cpus"], args.trials))
+        floor = bound["decode_s"] + sum(bound["prefix_s"].values()) + bound["train_s"] / n
+        lines.append(f"  (epoch_time_s is each trial's own fit time while up to {n} trials ran side by side, one CPU "
+                     f"each; with the train steps spread perfectly over {n}: {floor:.1f} s, tsweep / that: "
+                     f"{fmt(ratio(a, floor), '.2f')})")
+    return "\n".join(lines)
+
+
+def figures(results: dict, bound: dict | None) -> dict:
+    """What --json writes: each run's figures (null when not run), the bound and the wall-time ratios."""
+    a = results.get("tsweep")
+    return {**{name: results.get(name) for name in RUNS.values()},
+            "bound_s": None if bound is None else round(bound["bound_s"], 1),
+            "ratios": {"naive_over_tsweep": ratio(results.get("naive_ray"), a),
+                       "hyperband_over_tsweep": ratio(results.get("keras_tuner_hyperband"), a),
+                       "tsweep_over_bound": ratio(a, None if bound is None else bound["bound_s"])}}

@@ -1,0 +1,65 @@
+"""benchmarks/sweep_speed.py without running a sweep: options, its space, the RSS sampler, table and --json."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "sweep_speed.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("sweep_speed", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_presets_and_overrides(bench):
+    full = bench.parse_args([])
+    assert (full.trials, full.max_epochs, full.image_size, full.only) == (24, 12, 160, ["a", "b", "c"])
+    tiny = bench.parse_args(["--quick", "--trials", "2", "--max-epochs", "1", "--image-size", "64", "--only", "c,a"])
+    assert (tiny.trials, tiny.max_epochs, tiny.image_size, tiny.only) == (2, 1, 64, ["a", "c"])
+    assert bench.parse_args(["--quick"]).max_epochs == bench.QUICK[1]
+    assert bench.parse_args(["--only", "naive_ray"]).only == ["b"]
+    assert bench.parse_args(["--weights", "none"]).weights == "none"
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--only", "a,d"])
+
+
+def test_space_is_valid_and_shared(bench, tmp_path):
+    from tsweep.spaces.space import load_space
+
+    args = bench.parse_args(["--weights", "none", "--max-epochs", "12"])
+    space = load_space(bench.write_space(tmp_path / "space.yaml", args))
+    assert set(space.sampled) == {"head_size", "dropout", "freeze_cutoff", "optimizer", "learning_rate",
+                                  "augmentation"}
+    assert 17 in space.params["freeze_cutoff"].values
+    assert space.params["augmentation"].values == ("none", "light")
+    assert space.fixed["epochs"] == 12 and space.fixed["image_size"] == 160
+
+
+def test_peak_rss_sees_this_process(bench):
+    with bench.PeakRss(interval=0.05) as rss:
+        pass
+    assert rss.peak > 10 * 2**20
+
+
+def test_figures_and_table_with_a_subset(bench):
+    args = bench.parse_args(["--only", "a,c", "--weights", "none"])
+    a = {"wall_s": 100.0, "trials": 24, "epochs": 80, "best_val_accuracy": 0.95, "peak_rss_mb": 3000}
+    c = {"wall_s": 250.0, "trials": 30, "epochs": 136, "best_val_accuracy": 0.93, "peak_rss_mb": 1500}
+    bound = {"bound_s": 60.0, "decode_s": 5.0, "prefix_s": {13: 3.0, 17: 4.0}, "train_s": 48.0}
+    results = {"tsweep": a, "keras_tuner_hyperband": c}
+    out = bench.figures(results, bound)
+    assert set(out) == {"tsweep", "naive_ray", "keras_tuner_hyperband", "bound_s", "ratios"}
+    assert out["naive_ray"] is None and out["bound_s"] == 60.0
+    assert out["ratios"] == {"naive_over_tsweep": None, "hyperband_over_tsweep": 2.5, "tsweep_over_bound": 1.67}
+    info = {"cpus": 2, "ray_cpus": 2, "cpu": "cpu", "ram_gb": 8.0, "python": "3", "tensorflow": "2",
+            "keras": "3", "ray": "2", "keras_tuner": "1"}
+    text = bench.table(results, bound, args, info)
+    assert "naive / tsweep: n/a" in text and "hyperband / tsweep: 2.50" in text and "not run" in text
+    assert bench.figures({}, None)["ratios"]["tsweep_over_bound"] is None
