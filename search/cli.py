@@ -29,7 +29,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         reduction_factor=args.reduction_factor, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, address=args.address, max_failures=args.max_failures,
         val_fraction=args.val_fraction, seed=args.seed, cache_dir=args.cache_dir, export=not args.no_export,
-        storage=args.storage, mixed_precision=args.mixed_precision)
+        storage=args.storage, mixed_precision=args.mixed_precision, reuse_workers=not args.no_reuse_workers)
     return finish(run_sweep(opts, progress=log), opts.export)
 
 
@@ -176,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", help="Ray checkpoints and state: a path all nodes share, s3://... or gs://... "
                      "(default: --results-dir)")
     run.add_argument("--mixed-precision", action="store_true", help="float16 compute on GPU trials")
+    run.add_argument("--no-reuse-workers", action="store_true",
+                     help="start a fresh worker process for every trial (default: reuse them)")
     run.add_argument("--no-export", action="store_true", help="skip retraining and exporting the winner")
     run.set_defaults(func=cmd_run)
 

@@ -16,7 +16,7 @@ from tsweep.search.trial import ERROR_KEY
 from tsweep.spaces.config import TrialConfig
 
 # Per-epoch keys kept in a trial record (Ray adds many bookkeeping fields we do not need).
-KEPT = ("epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s")
+KEPT = ("epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s", "rss_mb")
 
 
 class SweepRecorder(Callback):
@@ -65,7 +65,7 @@ class SweepRecorder(Callback):
         if result.get("node_id") and result["node_id"] not in record["nodes"][-1:]:
             record["nodes"].append(result["node_id"])  # where each stretch of epochs ran
         if "gpu_fraction" in result:
-            record["resources"] = {"gpu_fraction": result["gpu_fraction"],
+            record["resources"] = {"gpu_fraction": result["gpu_fraction"], "pid": result.get("pid"),
                                    "cuda_visible_devices": result.get("cuda_visible_devices", "")}
         if "resumed_from" in result:
             record["resumed_from"].append(result["resumed_from"])

@@ -45,6 +45,7 @@ class SweepOptions:
     address: str | None = None  # None = embedded local Ray; "auto", HOST:PORT or ray://HOST:10001
     max_failures: int = 3  # restarts of a trial after infrastructure failures (a node dying)
     mixed_precision: bool = False  # float16 compute on GPU trials
+    reuse_workers: bool = True  # trials reuse worker processes: TensorFlow and the data load once per worker
     # --- data ------------------------------------------------------------------------------------------
     val_fraction: float = 0.2  # split off train when there is no val/validation folder
     seed: int = 0  # data split and trial sampling

@@ -32,25 +32,25 @@ def make_trainable(data_options: dict[str, Any], mixed_precision: bool = False) 
         from tsweep.trainers.checkpoint import checkpoint_epoch, save_checkpoint
         from tsweep.trainers.runtime import configure_tensorflow
 
+        fresh_session()
         context = ray.get_runtime_context()
         assigned = context.get_assigned_resources()
         configure_tensorflow(assigned.get("CPU"), gpu_fraction=assigned.get("GPU", 0.0),
                              mixed_precision=mixed_precision)
         # Where the trial ran and what it was given, for the records (and the multi-node tests).
         placement = {"node_id": context.get_node_id()[:12], "gpu_fraction": assigned.get("GPU", 0.0),
-                     "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+                     "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "pid": os.getpid()}
 
-        from tsweep.trainers.data import load_dataset
         from tsweep.trainers.train import as_config, train
 
         cfg = as_config(config)
-        data = load_dataset(image_size=cfg.image_size, **data_options)
+        data = dataset(cfg.image_size, data_options)
 
         checkpoint = tune.get_checkpoint()
         resumed: list[int] = []  # the checkpoint epoch this run continues from, said in its first report
 
         def report(history: list, model: Any) -> None:
-            metrics = {**history[-1], **placement}
+            metrics = {**history[-1], **placement, "rss_mb": rss_mb()}
             if resumed:
                 metrics["resumed_from"] = resumed.pop()
             with tempfile.TemporaryDirectory(prefix="tsweep-ckpt-") as tmp:
@@ -68,3 +68,39 @@ def make_trainable(data_options: dict[str, Any], mixed_precision: bool = False) 
                 tune.report({ERROR_KEY: str(e)})
 
     return tsweep_trial
+
+
+# A reused worker (Ray Tune actor reuse) keeps the datasets it decoded: one per (size, data options).
+_DATASETS: dict[tuple, Any] = {}
+
+
+def dataset(image_size: int, data_options: dict[str, Any]) -> Any:
+    """The decoded dataset, loaded once per worker process (memory-mapped from the node's cache)."""
+    from tsweep.trainers.data import load_dataset
+
+    key = (image_size, tuple(sorted(data_options.items())))
+    if key not in _DATASETS:
+        if len(_DATASETS) >= 2:  # a sweep over image sizes: keep the memory a worker holds bounded
+            _DATASETS.pop(next(iter(_DATASETS)))
+        _DATASETS[key] = load_dataset(image_size=image_size, **data_options)
+    return _DATASETS[key]
+
+
+def fresh_session() -> None:
+    """Drop what the previous trial of a reused worker left behind (Keras graphs, layers, optimizers),
+    so memory levels off instead of growing trial after trial."""
+    import gc
+    import sys
+
+    if "keras" in sys.modules:
+        sys.modules["keras"].backend.clear_session()
+    gc.collect()
+
+
+def rss_mb() -> float:
+    """Resident memory of this process in MB (Linux /proc; 0 where unavailable)."""
+    try:
+        pages = int(open("/proc/self/statm").read().split()[1])
+        return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        return 0.0

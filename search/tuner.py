@@ -101,6 +101,7 @@ def run_tuner(opts: Any, space: Space, data_options: dict, root: Path, objective
             scheduler=make_scheduler(max_epochs, opts.grace_period, opts.reduction_factor),
             search_alg=BasicVariantGenerator(random_state=opts.seed),
             trial_dirname_creator=lambda trial: trial.trial_id,
+            reuse_actors=opts.reuse_workers,
         ),
         run_config=tune.RunConfig(
             name=root.name, storage_path=storage_path(opts, root), callbacks=[recorder], verbose=0,

@@ -1,0 +1,48 @@
+"""Warm workers: trials reuse their worker process, and nothing leaks from one trial to the next."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tsweep.search.sweep import SweepOptions, run_sweep
+
+SPACE = """
+description: reuse test - 50 one-epoch trials of a tiny model
+backbone: mobilenet_v2
+alpha: 0.35
+weights: none
+image_size: 32
+batch_size: 16
+epochs: 1
+warmup_epochs: 0
+freeze_cutoff: 17
+head_size: {choice: [0, 8, 16]}
+dropout: {uniform: [0.0, 0.3]}
+learning_rate: {loguniform: [1.0e-4, 1.0e-2]}
+"""
+
+
+@pytest.mark.slow
+def test_fifty_trials_in_one_reused_worker_level_off_in_memory(shapes_dir, cache_dir, tmp_path):
+    import ray
+
+    ray.shutdown()
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    # 2 CPUs per trial on a 2-CPU Ray: one trial at a time, so every trial can land in the same worker
+    opts = SweepOptions(data=str(shapes_dir), space=str(space), num_samples=50, name="reuse",
+                        results_dir=str(tmp_path / "results"), cpus_per_trial=2, export=False,
+                        cache_dir=str(cache_dir))
+    root = run_sweep(opts, progress=lambda line: None)
+    ray.shutdown()
+    recs = sorted((json.loads(p.read_text()) for p in (root / "trials").glob("*.json")), key=lambda r: r["started"])
+    assert len(recs) == 50 and all(r["status"] == "completed" for r in recs)
+    pids = [r["resources"]["pid"] for r in recs]
+    assert len(set(pids)) == 1, f"trials ran in {len(set(pids))} processes, not one reused worker"
+    rss = [r["history"][-1]["rss_mb"] for r in recs]
+    # levels off: the last 10 trials hold no more than trials 11-20 did, give or take allocator noise
+    early, late = max(rss[10:20]), max(rss[40:50])
+    print(f"\nworker RSS (MB) by trial: first {rss[0]}, trials 11-20 max {early}, trials 41-50 max {late}")
+    assert late <= early * 1.10 + 50, rss
