@@ -11,7 +11,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from tsweep.errors import SweepConfigError
 from tsweep.search.objective import Objective
@@ -38,6 +38,10 @@ def export_winner(root: str | Path, trial_id: str | None = None, full_data: bool
                   progress: Callable[[str], None] = print) -> Path:
     """Retrain the chosen trial's config for its full epoch budget and export it.
 
+    The exported weights are those of the epoch with the best validation metric (as Keras's
+    ModelCheckpoint(save_best_only=True) keeps them in the classic guides); with `full_data` there is no
+    validation split, so the last epoch's weights are kept.
+
     Args:
         root: the sweep folder (results/<name>).
         trial_id: export this trial instead of the best one; default None.
@@ -63,15 +67,22 @@ def export_winner(root: str | Path, trial_id: str | None = None, full_data: bool
              f"sweep) for {config.epochs} epochs{' on train+validation' if full_data else ''}")
     started = time.time()
 
-    def on_epoch(history: list, model: object) -> None:
+    best: dict = {}  # the epoch and weights with the best validation metric (ModelCheckpoint(save_best_only))
+
+    def on_epoch(history: list, model: Any) -> None:
         row = history[-1]
         shown = ", ".join(f"{k} {row[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in row)
         progress(f"  epoch {row['epoch']}/{config.epochs} ({row['phase']}): {shown}")
+        if objective.metric in row and ("value" not in best or objective.better(row[objective.metric], best["value"])):
+            best.update(epoch=row["epoch"], value=row[objective.metric], weights=model.get_weights())
 
     result = train(config, data, on_epoch=on_epoch, full_data=full_data)
+    if best:  # without validation (--full-data) the last epoch's weights stay
+        result.model.set_weights(best["weights"])
+        progress(f"  keeping the weights of epoch {best['epoch']} (best {objective.metric} {best['value']:.4f})")
     metrics: dict = {"trial_id": trial["trial_id"], "sweep_best": {objective.metric: value, "epoch": epoch},
                      "full_data": full_data, "train_seconds": round(time.time() - started, 1),
-                     "history": result.history}
+                     "kept_epoch": best.get("epoch", config.epochs), "history": result.history}
     if not full_data and len(data.y_val):
         metrics["validation"] = evaluate(result.model, data.x_val, data.y_val)
     if data.x_test is not None:

@@ -11,6 +11,9 @@ def _metric_lines(metrics: dict) -> list[str]:
         if split in metrics:
             values = ", ".join(f"{k} {v:.4f}" for k, v in metrics[split].items())
             lines.append(f"- {split}: {values}")
+    if "kept_epoch" in metrics:
+        lines.append(f"- weights of epoch {metrics['kept_epoch']} of {len(metrics.get('history', []))} "
+                     "(the best on validation; the last one when trained on train + validation)")
     best = metrics.get("sweep_best", {})
     lines.append(f"- during the sweep: {', '.join(f'{k} {v}' for k, v in best.items())}")
     return lines

@@ -113,6 +113,9 @@ def test_export_and_predict_commands(sweep, shapes_dir):
     assert labels == ["circles", "squares", "triangles"]
     metrics = json.loads((export / "metrics.json").read_text())
     assert len(metrics["history"]) == 4 and "test" in metrics and "validation" in metrics
+    kept = metrics["history"][metrics["kept_epoch"] - 1]  # the best validation epoch's weights were kept
+    assert kept["val_accuracy"] == max(h["val_accuracy"] for h in metrics["history"])
+    assert abs(metrics["validation"]["accuracy"] - kept["val_accuracy"]) < 1e-6
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0 and metrics["test"]["loss"] > 0
     assert "tsweep predict" in (export / "MODEL_CARD.md").read_text()
     image = sorted((shapes_dir / "test" / "squares").glob("*.jpg"))[0]
