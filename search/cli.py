@@ -29,7 +29,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         reduction_factor=args.reduction_factor, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, address=args.address, max_failures=args.max_failures,
         val_fraction=args.val_fraction, seed=args.seed, cache_dir=args.cache_dir, export=not args.no_export,
-        storage=args.storage, mixed_precision=args.mixed_precision, reuse_workers=not args.no_reuse_workers)
+        storage=args.storage, mixed_precision=args.mixed_precision, reuse_workers=not args.no_reuse_workers,
+        feature_cache=not args.no_feature_cache, cache_memory=args.cache_memory or "",
+        cache_float16=args.cache_float16)
     return finish(run_sweep(opts, progress=log), opts.export)
 
 
@@ -176,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", help="Ray checkpoints and state: a path all nodes share, s3://... or gs://... "
                      "(default: --results-dir)")
     run.add_argument("--mixed-precision", action="store_true", help="float16 compute on GPU trials")
+    run.add_argument("--no-feature-cache", action="store_true",
+                     help="train every trial end to end (default: cache frozen-prefix features)")
+    run.add_argument("--cache-memory", help="in-memory feature cache per node, e.g. 4GB (default: 25%% of RAM)")
+    run.add_argument("--cache-float16", action="store_true", help="store cached features as float16")
     run.add_argument("--no-reuse-workers", action="store_true",
                      help="start a fresh worker process for every trial (default: reuse them)")
     run.add_argument("--no-export", action="store_true", help="skip retraining and exporting the winner")

@@ -76,7 +76,14 @@ def export_winner(root: str | Path, trial_id: str | None = None, full_data: bool
         if objective.metric in row and ("value" not in best or objective.better(row[objective.metric], best["value"])):
             best.update(epoch=row["epoch"], value=row[objective.metric], weights=model.get_weights())
 
-    result = train(config, data, on_epoch=on_epoch, full_data=full_data)
+    opts = info.get("options", {})
+    cache = None
+    if opts.get("feature_cache", True):
+        from tsweep.trainers.features import default_feature_cache
+
+        cache = default_feature_cache(info["data"].get("cache_dir"),
+                                      dtype="float16" if opts.get("cache_float16") else "float32")
+    result = train(config, data, on_epoch=on_epoch, full_data=full_data, feature_cache=cache)
     if best:  # without validation (--full-data) the last epoch's weights stay
         result.model.set_weights(best["weights"])
         progress(f"  keeping the weights of epoch {best['epoch']} (best {objective.metric} {best['value']:.4f})")

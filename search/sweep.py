@@ -6,6 +6,7 @@ found before Ray starts, and once trials run, a failing trial is recorded and th
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from contextlib import contextmanager
@@ -46,6 +47,9 @@ class SweepOptions:
     max_failures: int = 3  # restarts of a trial after infrastructure failures (a node dying)
     mixed_precision: bool = False  # float16 compute on GPU trials
     reuse_workers: bool = True  # trials reuse worker processes: TensorFlow and the data load once per worker
+    feature_cache: bool = True  # train configs without augmentation on cached frozen-prefix features
+    cache_memory: str = ""  # in-memory feature cache per node, e.g. "4GB" (default 25% of RAM); spills to disk
+    cache_float16: bool = False  # store cached features as float16 (half the memory and disk)
     # --- data ------------------------------------------------------------------------------------------
     val_fraction: float = 0.2  # split off train when there is no val/validation folder
     seed: int = 0  # data split and trial sampling
@@ -73,6 +77,8 @@ def check_options(opts: SweepOptions) -> None:
         raise SweepConfigError(f"--metric must be one of {', '.join(REPORTED_METRICS)}, got {opts.metric!r}")
     if not 0 < opts.val_fraction < 1:
         raise SweepConfigError(f"--val-fraction: {out_of_range('val_fraction', 0, 1, opts.val_fraction)}")
+    if opts.cache_memory:
+        parse_size(opts.cache_memory)
     if opts.cpus_per_trial <= 0 or opts.gpus_per_trial < 0:
         raise SweepConfigError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0, got "
                                f"{opts.cpus_per_trial} and {opts.gpus_per_trial}")
@@ -133,6 +139,26 @@ def prepare(opts: SweepOptions, progress: Callable[[str], None] = print) -> tupl
         progress(data.summary())
     check_weights(space, progress)
     return space, data_options, root
+
+
+def parse_size(text: str) -> int:
+    """Bytes of a size such as "512MB", "4GB", "1.5G" or a plain number of bytes."""
+    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?)I?B?\s*", text.upper())
+    if not match:
+        raise SweepConfigError(f"`--cache-memory` must be a size like 512MB or 4GB, got {text!r}")
+    return int(float(match.group(1)) * units[match.group(2)])
+
+
+def feature_settings(opts: SweepOptions) -> dict | None:
+    """What trials need to build their FeatureCache: the node's budget split over its concurrent trials."""
+    if not opts.feature_cache:
+        return None
+    from tsweep.trainers.features import default_memory_budget
+
+    node = parse_size(opts.cache_memory) if opts.cache_memory else default_memory_budget()
+    per_node = max(1, int((os.cpu_count() or 1) / opts.cpus_per_trial))
+    return {"memory_bytes": node // per_node, "dtype": "float16" if opts.cache_float16 else "float32"}
 
 
 def experiment_path(opts: SweepOptions, root: Path) -> str:

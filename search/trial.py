@@ -9,16 +9,20 @@ from __future__ import annotations
 import os
 import tempfile
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any, Callable
 
 ERROR_KEY = "tsweep_error"  # set in a trial's last report when it failed on its own (e.g. NaN loss)
 
 
-def make_trainable(data_options: dict[str, Any], mixed_precision: bool = False) -> Callable[[dict], None]:
+def make_trainable(data_options: dict[str, Any], mixed_precision: bool = False,
+                   features: dict[str, Any] | None = None) -> Callable[[dict], None]:
     """A Ray Tune function trainable reading the dataset described by `data_options`.
 
     Args:
         mixed_precision: train in float16 on GPUs (ignored on CPU-only trials); default False.
+        features: the frozen-prefix feature cache's settings, {"memory_bytes": int, "dtype": "float32" or
+            "float16"}, or None to train every trial end to end; default None.
         data_options: keyword arguments of `tsweep.trainers.data.load_dataset` except image_size
             (data_dir as an absolute path, val_fraction, seed, cache_dir); decoded arrays come from the
             on-disk cache, so trials never decode images themselves on a node that has them.
@@ -61,7 +65,8 @@ def make_trainable(data_options: dict[str, Any], mixed_precision: bool = False) 
             if resume_dir is not None:
                 resumed.append(checkpoint_epoch(resume_dir))
             try:
-                train(cfg, data, on_epoch=report, resume_from=resume_dir)
+                train(cfg, data, on_epoch=report, resume_from=resume_dir,
+                      feature_cache=feature_cache(features, data_options.get("cache_dir")))
             except (TrialError, SweepConfigError) as e:
                 # A failure of the config itself (NaN loss, weights missing on this node): record it and end
                 # the trial; Ray's retries are for infrastructure failures (a dead node) and would repeat it.
@@ -84,6 +89,24 @@ def dataset(image_size: int, data_options: dict[str, Any]) -> Any:
             _DATASETS.pop(next(iter(_DATASETS)))
         _DATASETS[key] = load_dataset(image_size=image_size, **data_options)
     return _DATASETS[key]
+
+
+_FEATURE_CACHES: dict[tuple, Any] = {}
+
+
+def feature_cache(features: dict[str, Any] | None, cache_dir: str | None) -> Any:
+    """This worker's FeatureCache (its in-memory part survives from trial to trial in a reused worker);
+    the files on disk are shared by every trial on the node."""
+    if features is None:
+        return None
+    from tsweep.trainers.data import default_cache_dir
+    from tsweep.trainers.features import FEATURES_SUBDIR, FeatureCache
+
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    key = (str(root), features["memory_bytes"], features["dtype"])
+    if key not in _FEATURE_CACHES:
+        _FEATURE_CACHES[key] = FeatureCache(root / FEATURES_SUBDIR, features["memory_bytes"], features["dtype"])
+    return _FEATURE_CACHES[key]
 
 
 def fresh_session() -> None:

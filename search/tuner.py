@@ -62,8 +62,11 @@ def trainable_for(opts: Any, data_options: dict) -> Any:
     """The trial function with its per-trial resources (CPUs, a GPU fraction)."""
     from ray import tune
 
+    from tsweep.search.sweep import feature_settings
+
     resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
-    return tune.with_resources(make_trainable(data_options, mixed_precision=opts.mixed_precision), resources)
+    trainable = make_trainable(data_options, mixed_precision=opts.mixed_precision, features=feature_settings(opts))
+    return tune.with_resources(trainable, resources)
 
 
 def make_scheduler(max_epochs: int, grace_period: int, reduction_factor: int) -> Any:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import numpy as np
+
 from tsweep.errors import TrialError
 from tsweep.spaces.config import TrialConfig
 from tsweep.trainers.data import Dataset
@@ -45,7 +47,8 @@ def as_config(config: Mapping[str, Any] | TrialConfig, source: str = "trial conf
 
 
 def train(config: Mapping[str, Any] | TrialConfig, data: Dataset, *, on_epoch: EpochCallback | None = None,
-          resume_from: str | Path | None = None, full_data: bool = False, verbose: int = 0) -> TrainResult:
+          resume_from: str | Path | None = None, full_data: bool = False, verbose: int = 0,
+          feature_cache: Any = None) -> TrainResult:
     """Build and train the model of one config for its full epoch budget.
 
     Args:
@@ -58,6 +61,9 @@ def train(config: Mapping[str, Any] | TrialConfig, data: Dataset, *, on_epoch: E
             epoch with the saved weights and optimizer state. Default None (start from scratch).
         full_data: train on train + validation (for the exported winner); no validation metrics then.
         verbose: Keras fit verbosity, default 0.
+        feature_cache: a `tsweep.trainers.features.FeatureCache`: configs without augmentation then train
+            on cached frozen-prefix features (same result, far less compute; see `cached_train`).
+            Default None: always end to end. Resumed runs always train end to end.
 
     Raises:
         TrialError: the loss became NaN or infinite (a too-high learning rate, usually).
@@ -68,6 +74,12 @@ def train(config: Mapping[str, Any] | TrialConfig, data: Dataset, *, on_epoch: E
     from tsweep.trainers.model import build_model, calibrate_batchnorm, compile_model, set_cutoff
 
     cfg = as_config(config)
+    if feature_cache is not None and resume_from is None:
+        from tsweep.trainers.cached_train import can_use_cache, train_cached
+
+        if can_use_cache(cfg):
+            return train_cached(cfg, data, cache=feature_cache, on_epoch=on_epoch, full_data=full_data,
+                                verbose=verbose)
     n = data.num_classes
     x, y = data.full_train() if full_data else (data.x_train, data.y_train)
     validation = None if full_data or len(data.y_val) == 0 else (data.x_val, data.y_val)
@@ -88,9 +100,7 @@ def train(config: Mapping[str, Any] | TrialConfig, data: Dataset, *, on_epoch: E
             compile_model(model, cfg, n, warmup=wanted == "warmup")
             phase = wanted
         started = time.perf_counter()
-        fit = model.fit(x, y, batch_size=cfg.batch_size, epochs=epoch + 1, initial_epoch=epoch,
-                        validation_data=validation, shuffle=True, verbose=verbose)
-        metrics = {k: float(v[-1]) for k, v in fit.history.items()}
+        metrics = fit_epoch(model, x, y, validation, cfg, epoch, verbose)
         metrics.update(epoch=epoch + 1, phase=phase, epoch_time_s=round(time.perf_counter() - started, 3))
         if not math.isfinite(metrics.get("loss", 0.0)):
             rate = cfg.warmup_learning_rate if phase == "warmup" else cfg.learning_rate
@@ -100,6 +110,16 @@ def train(config: Mapping[str, Any] | TrialConfig, data: Dataset, *, on_epoch: E
         if on_epoch is not None:
             on_epoch(history, model)
     return TrainResult(model, cfg, data.class_names, history)
+
+
+def fit_epoch(model: Any, x: Any, y: Any, validation: tuple | None, cfg: TrialConfig, epoch: int,
+              verbose: int = 0) -> dict[str, float]:
+    """One epoch of `model.fit` in a seeded order of its own: a new permutation every epoch, the same one
+    for the same (seed, epoch) whether the model sees images or cached features."""
+    order = np.random.default_rng([cfg.seed, epoch]).permutation(len(y))
+    fit = model.fit(x[order], y[order], batch_size=cfg.batch_size, epochs=epoch + 1, initial_epoch=epoch,
+                    validation_data=validation, shuffle=False, verbose=verbose)
+    return {k: float(v[-1]) for k, v in fit.history.items()}
 
 
 def _max_cutoff(cfg: TrialConfig) -> int:
