@@ -196,6 +196,9 @@ def sweep_status(root: Path, info: dict, progress: Callable[[str], None]) -> Ite
     """Mark sweep.json finished, interrupted or failed when the block ends, however it ends."""
     try:
         yield
+        unfinished = [r["trial_id"] for r in read_trials(root) if r.get("status") == "running"]
+        if unfinished:  # Ray Tune stopped on Ctrl-C and returned instead of raising
+            raise KeyboardInterrupt(f"{len(unfinished)} trials unfinished")
         info["status"] = "finished"
     except KeyboardInterrupt:
         info["status"] = "interrupted"
