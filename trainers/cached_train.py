@@ -24,18 +24,16 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import math
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from tsweep.errors import TrialError
 from tsweep.spaces.config import TrialConfig
 from tsweep.trainers.data import Dataset
 from tsweep.trainers.features import FeatureCache, prefix_features
-from tsweep.trainers.train import EpochCallback, TrainResult, as_config, fit_epoch, phase_of
+from tsweep.trainers.train import EpochCallback, TrainResult, as_config, end_epoch, fit_epoch, phase_of
 
 # Backbones with layers that act differently with training=True besides BatchNorm (EfficientNet's stochastic
 # depth Dropout): `fit` passes training=True through the frozen part too, so their frozen prefix is not a
@@ -190,22 +188,10 @@ def train_cached(config: Mapping[str, Any] | TrialConfig, data: Dataset, *, cach
             compile_model(trainer, cfg, n, warmup=wanted == "warmup")
             _compile_full(model, trainer)
             phase = wanted
-        metrics = _fit_epoch(trainer, fx, y, None if y_val is None else (fv, y_val), cfg, epoch, verbose)
-        metrics.update(epoch=epoch + 1, phase=phase, epoch_time_s=round(time.perf_counter() - started, 3))
-        if not math.isfinite(metrics.get("loss", 0.0)):
-            rate = cfg.warmup_learning_rate if phase == "warmup" else cfg.learning_rate
-            raise TrialError(f"loss became {metrics['loss']} at epoch {epoch + 1} ({phase} phase, "
-                             f"{cfg.optimizer} at learning_rate {rate:g}): lower `learning_rate`")
-        history.append(metrics)
-        if on_epoch is not None:
-            on_epoch(history, model)
+        # the same batches in the same order as train() (fit_epoch), then the same bookkeeping (end_epoch)
+        metrics = fit_epoch(trainer, fx, y, None if y_val is None else (fv, y_val), cfg, epoch, verbose)
+        end_epoch(metrics, cfg, epoch, phase, started, history, on_epoch, model)
     return TrainResult(model, cfg, data.class_names, history)
-
-
-def _fit_epoch(trainer: Any, x: np.ndarray, y: np.ndarray, validation: tuple | None, cfg: TrialConfig,
-               epoch: int, verbose: int) -> dict[str, float]:
-    """One epoch of `trainer.fit`, batched and shuffled exactly as `trainers.train.train` does it."""
-    return fit_epoch(trainer, x, y, validation, cfg, epoch, verbose)
 
 
 def _compile_full(model: Any, trainer: Any) -> None:

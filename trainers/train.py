@@ -101,15 +101,25 @@ def train(config: Mapping[str, Any] | TrialConfig, data: Dataset, *, on_epoch: E
             phase = wanted
         started = time.perf_counter()
         metrics = fit_epoch(model, x, y, validation, cfg, epoch, verbose)
-        metrics.update(epoch=epoch + 1, phase=phase, epoch_time_s=round(time.perf_counter() - started, 3))
-        if not math.isfinite(metrics.get("loss", 0.0)):
-            rate = cfg.warmup_learning_rate if phase == "warmup" else cfg.learning_rate
-            raise TrialError(f"loss became {metrics['loss']} at epoch {epoch + 1} ({phase} phase, "
-                             f"{cfg.optimizer} at learning_rate {rate:g}): lower `learning_rate`")
-        history.append(metrics)
-        if on_epoch is not None:
-            on_epoch(history, model)
+        end_epoch(metrics, cfg, epoch, phase, started, history, on_epoch, model)
     return TrainResult(model, cfg, data.class_names, history)
+
+
+def end_epoch(metrics: dict, cfg: TrialConfig, epoch: int, phase: str, started: float, history: list,
+              on_epoch: EpochCallback | None, model: Any) -> None:
+    """Complete an epoch's metrics, stop a diverged trial, record the epoch and tell `on_epoch`.
+
+    Raises:
+        TrialError: the loss is NaN or infinite.
+    """
+    metrics.update(epoch=epoch + 1, phase=phase, epoch_time_s=round(time.perf_counter() - started, 3))
+    if not math.isfinite(metrics.get("loss", 0.0)):
+        rate = cfg.warmup_learning_rate if phase == "warmup" else cfg.learning_rate
+        raise TrialError(f"loss became {metrics['loss']} at epoch {epoch + 1} ({phase} phase, "
+                         f"{cfg.optimizer} at learning_rate {rate:g}): lower `learning_rate`")
+    history.append(metrics)
+    if on_epoch is not None:
+        on_epoch(history, model)
 
 
 def fit_epoch(model: Any, x: Any, y: Any, validation: tuple | None, cfg: TrialConfig, epoch: int,
