@@ -15,7 +15,8 @@ def _metric_lines(metrics: dict) -> list[str]:
         lines.append(f"- weights of epoch {metrics['kept_epoch']} of {len(metrics.get('history', []))} "
                      "(the best on validation; the last one when trained on train + validation)")
     best = metrics.get("sweep_best", {})
-    lines.append(f"- during the sweep: {', '.join(f'{k} {v}' for k, v in best.items())}")
+    shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in best.items())
+    lines.append(f"- during the sweep: {shown}")
     return lines
 
 
