@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -217,13 +219,13 @@ def test_ray_start_cluster_and_tsweep_run_address(shapes_dir, cache_dir, tmp_pat
     (tmp_path / "home").mkdir()
     subprocess.run([str(ray_bin), "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
     address = f"127.0.0.1:{port}"
-    temp = tmp_path / "ray-tmp"
+    temp = Path(tempfile.mkdtemp(prefix="tsr", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
     try:
-        subprocess.run([str(ray_bin), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                        "--num-cpus=1", "--include-dashboard=false", f"--temp-dir={temp}"],
-                       env=env, check=True, capture_output=True, timeout=120)
-        subprocess.run([str(ray_bin), "start", f"--address={address}", "--node-ip-address=127.0.0.1",
-                        "--num-cpus=1"], env=env, check=True, capture_output=True, timeout=120)
+        for args in (["--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false", f"--temp-dir={temp}"],
+                     [f"--address={address}", "--num-cpus=1"]):
+            started = subprocess.run([str(ray_bin), "start", "--node-ip-address=127.0.0.1", *args], env=env,
+                                     capture_output=True, text=True, timeout=120)
+            assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
         out = subprocess.run(tsweep_cmd("run", "--data", str(shapes_dir), "--space", str(write_space(tmp_path, 2)),
                                         "--name", "onray", "--results-dir", str(tmp_path / "results"),
                                         "--num-samples", "2", "--address", address, "--no-export",
@@ -234,6 +236,7 @@ def test_ray_start_cluster_and_tsweep_run_address(shapes_dir, cache_dir, tmp_pat
         assert len(recs) == 2 and all(r["status"] in ("completed", "pruned") for r in recs)
     finally:
         stop_processes_mentioning(str(temp))
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def stop_processes_mentioning(text: str) -> None:
@@ -247,8 +250,6 @@ def stop_processes_mentioning(text: str) -> None:
 
 
 def test_data_uri_is_copied_once_per_node_and_refreshed_when_it_changes(shapes_dir, tmp_path):
-    import shutil
-
     from tsweep.errors import SweepConfigError
     from tsweep.trainers.data import load_dataset
     from tsweep.trainers.remote import local_data_dir
