@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-all lint bench clean
+.PHONY: demo test test-slow test-all lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ demo: $(STAMP)  ## a small ASHA sweep on generated images, its leaderboard, the 
 
 test: $(STAMP) lint  ## the default suite: unit tests plus one real small sweep (slow-marked tests skipped)
 	$(BIN)/python -m pytest -m "not slow" -q
+
+test-slow: $(STAMP)  ## only the slow tests: multi-node clusters, killed nodes and drivers, worker reuse, real data
+	$(BIN)/python -m pytest -m slow -q
 
 test-all: $(STAMP) lint  ## everything, including the slow sweeps on ../shared data
 	$(BIN)/python -m pytest -q
