@@ -87,8 +87,13 @@ class SweepRecorder(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self._record(trial)
-        record["status"] = "failed"
-        record["error"] = _error_text(trial)
+        error = _error_text(trial)
+        if record["error"] is None and len(record["history"]) >= record["budget"]:
+            # Every epoch was already reported: the trial finished, and only Ray's bookkeeping of it failed
+            # (e.g. a resumed sweep whose stale state names a checkpoint since replaced). Keep the result.
+            record["status"], record["note"] = "completed", f"finished; Ray then reported: {error}"
+        else:
+            record["status"], record["error"] = "failed", error
         self._end(record)
 
     # -- helpers --------------------------------------------------------------------------------------
