@@ -18,6 +18,7 @@ from typing import Any
 from tsweep.errors import SweepConfigError
 from tsweep.search.objective import Objective
 from tsweep.search.records import SWEEP_FILE, TRIALS_DIR
+from tsweep.trainers.remote import is_uri
 
 
 @dataclass
@@ -54,10 +55,6 @@ class SweepSnapshot:
         if len(configs) < 2:
             return keys
         return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
-
-
-def is_uri(location: str) -> bool:
-    return "://" in str(location)
 
 
 def filesystem(location: str | Path, fs: Any = None) -> tuple[Any, str]:

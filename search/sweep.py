@@ -165,7 +165,9 @@ def experiment_path(opts: SweepOptions, root: Path) -> str:
     """Where Ray Tune keeps this sweep's experiment state and checkpoints (what `tsweep resume` restores)."""
     if not opts.storage:
         return str(root)
-    if "://" in opts.storage:
+    from tsweep.trainers.remote import is_uri
+
+    if is_uri(opts.storage):
         return f"{opts.storage.rstrip('/')}/{root.name}"
     return str(Path(opts.storage).expanduser().resolve() / root.name)
 

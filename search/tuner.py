@@ -10,6 +10,7 @@ from tsweep.search.objective import Objective
 from tsweep.search.recorder import SweepRecorder
 from tsweep.search.trial import make_trainable
 from tsweep.spaces.space import Space
+from tsweep.trainers.remote import is_uri
 
 # Trials inherit these: quiet TensorFlow's C++ logging, and stop Ray from copying every worker's
 # output to the driver's terminal (the recorder prints progress instead).
@@ -121,7 +122,7 @@ def storage_path(opts: Any, root: Path) -> str:
     """Ray's storage_path: --storage (a shared path or a cloud URI) or, by default, the results folder."""
     if not opts.storage:
         return str(root.parent)
-    return opts.storage if "://" in opts.storage else str(Path(opts.storage).expanduser().resolve())
+    return opts.storage if is_uri(opts.storage) else str(Path(opts.storage).expanduser().resolve())
 
 
 def resume_tuner(opts: Any, data_options: dict, experiment: str) -> Any:

@@ -1,4 +1,4 @@
-"""Shared fixtures: paths to ../shared, a generated dataset, and one local Ray for the session."""
+"""Shared fixtures: paths to ../shared, a generated dataset and a private decoded-image cache."""
 
 from __future__ import annotations
 
@@ -35,13 +35,3 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("cache")
     os.environ["TSWEEP_CACHE"] = str(path)
     return path
-
-
-@pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray for the whole session: 2 CPUs, no dashboard."""
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
