@@ -136,6 +136,9 @@ def resume_tuner(opts: Any, data_options: dict, experiment: str) -> Any:
 
         raise SweepConfigError(f"{experiment} holds no Ray Tune experiment state to resume from (the sweep "
                                "stopped before its first trial started): run it again with `tsweep run`")
+    from tsweep.search.ray_state import repair_stale_checkpoints
+
+    repair_stale_checkpoints(experiment)
     tuner = tune.Tuner.restore(experiment, trainable_for(opts, data_options), resume_unfinished=True,
                                resume_errored=True)
     return tuner.fit()
