@@ -67,7 +67,7 @@ def test_cached_training_equals_end_to_end(data, tmp_path, changes):
     if not cfg.is_feature_extraction():
         # A checkpoint of it carries the optimizer that trained the suffix, slot for slot.
         save_checkpoint(tmp_path / "ckpt", cached.model, cached.history)
-        loaded, _ = load_checkpoint(tmp_path / "ckpt")
+        loaded, _ = load_checkpoint(tmp_path / "ckpt", cfg, data.num_classes)
         for a, b in zip(loaded.optimizer.variables, cached.model.optimizer.variables, strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 

@@ -111,6 +111,28 @@ def test_checkpoint_resume_continues_after_saved_epoch(data, tmp_path):
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     assert resumed.history[:2] == full.history[:2]
     assert resumed.history[2]["phase"] == "finetune"
+    # Weights, optimizer slots and the Dropout seed state come back: epoch 3 repeats the uninterrupted run.
+    for key in ("loss", "val_loss", "val_accuracy"):
+        assert resumed.history[2][key] == pytest.approx(full.history[2][key], rel=1e-4), key
+
+
+def test_checkpoint_round_trip_and_a_checkpoint_of_another_config(data, tmp_path):
+    import numpy as np
+
+    from tsweep.trainers.checkpoint import load_checkpoint, save_checkpoint
+    from tsweep.trainers.train import train
+
+    cfg = config(freeze_cutoff=14, epochs=2, warmup_epochs=1)
+    result = train(cfg, data)
+    save_checkpoint(tmp_path / "ckpt", result.model, result.history)
+    model, history = load_checkpoint(tmp_path / "ckpt", cfg, data.num_classes)
+    assert history == result.history
+    np.testing.assert_allclose(np.asarray(model(data.x_val[:4])), np.asarray(result.model(data.x_val[:4])), atol=1e-6)
+    assert [v.path for v in model.trainable_variables] == [v.path for v in result.model.trainable_variables]
+    for a, b in zip(model.optimizer.variables, result.model.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="weights.npz .*another config"):
+        load_checkpoint(tmp_path / "ckpt", config(freeze_cutoff=14, head_size=7), data.num_classes)
 
 
 def test_nan_loss_is_a_trial_error_naming_the_rate(data):

@@ -71,7 +71,7 @@ def train(config: Mapping[str, Any] | TrialConfig, data: Dataset, *, on_epoch: E
     import keras
 
     from tsweep.trainers.checkpoint import load_checkpoint
-    from tsweep.trainers.model import build_model, calibrate_batchnorm, compile_model, set_cutoff
+    from tsweep.trainers.model import build_model, calibrate_batchnorm
 
     cfg = as_config(config)
     if feature_cache is not None and resume_from is None:
@@ -85,7 +85,7 @@ def train(config: Mapping[str, Any] | TrialConfig, data: Dataset, *, on_epoch: E
     validation = None if full_data or len(data.y_val) == 0 else (data.x_val, data.y_val)
     keras.utils.set_random_seed(cfg.seed)
     if resume_from is not None:
-        model, history = load_checkpoint(resume_from)
+        model, history = load_checkpoint(resume_from, cfg, n)
         phase = history[-1]["phase"] if history else None
     else:
         model, history, phase = build_model(cfg, n), [], None
@@ -95,14 +95,20 @@ def train(config: Mapping[str, Any] | TrialConfig, data: Dataset, *, on_epoch: E
     for epoch in range(len(history), cfg.epochs):
         wanted = phase_of(epoch, cfg)
         if wanted != phase:  # (re)compile only when the trainable set changes: it resets optimizer state
-            cutoff = cfg.cutoff() if wanted == "finetune" else _max_cutoff(cfg)
-            set_cutoff(model, cfg, cutoff)
-            compile_model(model, cfg, n, warmup=wanted == "warmup")
+            prepare_phase(model, cfg, n, wanted)
             phase = wanted
         started = time.perf_counter()
         metrics = fit_epoch(model, x, y, validation, cfg, epoch, verbose)
         end_epoch(metrics, cfg, epoch, phase, started, history, on_epoch, model)
     return TrainResult(model, cfg, data.class_names, history)
+
+
+def prepare_phase(model: Any, cfg: TrialConfig, num_classes: int, phase: str) -> None:
+    """Freeze the backbone for `phase` ("features", "warmup" or "finetune") and compile with its optimizer."""
+    from tsweep.trainers.model import compile_model, set_cutoff
+
+    set_cutoff(model, cfg, cfg.cutoff() if phase == "finetune" else _max_cutoff(cfg))
+    compile_model(model, cfg, num_classes, warmup=phase == "warmup")
 
 
 def end_epoch(metrics: dict, cfg: TrialConfig, epoch: int, phase: str, started: float, history: list,
