@@ -38,7 +38,23 @@ def ratio(num: dict | None, den: dict | float | None) -> float | None:
     return round(a / b, 2) if a and b else None
 
 
-def table(results: dict, bound: dict | None, args: argparse.Namespace, info: dict) -> str:
+def overhead(records: list[dict], wall_s: float, concurrency: int) -> dict:
+    """Per-trial overhead of (a): the time each trial spent outside its epochs (worker start or reuse, data,
+    model build, checkpoints, reports: its `wall_s` minus the sum of its `epoch_time_s`), summed over trials.
+
+    `share` divides that sum by the worker time (a) had, wall_s x concurrency (trials running side by side),
+    so it is the fraction of (a)'s wall time the workers spent on overhead. Note that `epoch_time_s` counts
+    `fit`, so the tracing of a new model's train step and a phase's feature computation count as epochs.
+    """
+    spent = sum(max(0.0, r["wall_s"] - sum(h.get("epoch_time_s", 0.0) for h in r["history"]))
+                for r in records if r.get("wall_s") is not None)
+    share = spent / (wall_s * max(1, concurrency)) if wall_s else None
+    return {"overhead_s": round(spent, 1), "share": None if share is None else round(share, 3),
+            "per_trial_s": round(spent / len(records), 2) if records else None}
+
+
+def table(results: dict, bound: dict | None, args: argparse.Namespace, info: dict,
+          trial_overhead: dict | None = None) -> str:
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
     rows = [f"{'run':<28}{'wall s':>9}{'trials':>8}{'epochs':>8}{'s/epoch':>9}{'best val acc':>14}"
             f"{'peak RSS MB':>13}{'wall / (a)':>12}"]
@@ -73,14 +89,20 @@ def table(results: dict, bound: dict | None, args: argparse.Namespace, info: dic
         lines.append(f"  (epoch_time_s is each trial's own fit time while up to {n} trials ran side by side, one CPU "
                      f"each; with the train steps spread perfectly over {n}: {floor:.1f} s, tsweep / that: "
                      f"{fmt(ratio(a, floor), '.2f')})")
+    if trial_overhead is not None:
+        lines.append(f"per-trial overhead of (a): {trial_overhead['overhead_s']:.1f} s over its trials "
+                     f"({fmt(trial_overhead['per_trial_s'], '.2f')} s per trial), "
+                     f"{fmt(None if trial_overhead['share'] is None else 100 * trial_overhead['share'], '.1f')}% "
+                     "of its workers' time (wall x trials side by side)")
     return "\n".join(lines)
 
 
-def figures(results: dict, bound: dict | None) -> dict:
+def figures(results: dict, bound: dict | None, trial_overhead: dict | None = None) -> dict:
     """What --json writes: each run's figures (null when not run), the bound and the wall-time ratios."""
     a = results.get("tsweep")
     return {**{name: results.get(name) for name in RUNS.values()},
             "bound_s": None if bound is None else round(bound["bound_s"], 1),
             "ratios": {"naive_over_tsweep": ratio(results.get("naive_ray"), a),
                        "hyperband_over_tsweep": ratio(results.get("keras_tuner_hyperband"), a),
-                       "tsweep_over_bound": ratio(a, None if bound is None else bound["bound_s"])}}
+                       "tsweep_over_bound": ratio(a, None if bound is None else bound["bound_s"])},
+            "tsweep_overhead": trial_overhead}

@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # _naive.py, _hyperband.py and _report.py, also when imported from elsewhere
     sys.path.insert(0, str(HERE))
 
-from _report import RUNS, figures, machine, table  # noqa: E402
+from _report import RUNS, figures, machine, overhead, table  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DEFAULT_DATA = SHARED / "datasets" / "hymenoptera"
@@ -237,13 +237,15 @@ def main(argv: list[str] | None = None) -> int:
                 space, args.data, args.image_size, args.max_epochs, args.seed, work / "cache-c",
                 work / "keras-tuner", prefixed("c")))
         bound = lower_bound(args, work, records) if "tsweep" in results else None
+        trial_overhead = overhead(records, results["tsweep"]["wall_s"], min(info["ray_cpus"], args.trials)) \
+            if "tsweep" in results else None
     finally:
         if not args.out_dir:
             shutil.rmtree(work, ignore_errors=True)
-    say("\n" + table(results, bound, args, info))
+    say("\n" + table(results, bound, args, info, trial_overhead))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures(results, bound), indent=1) + "\n")
+        args.json.write_text(json.dumps(figures(results, bound, trial_overhead), indent=1) + "\n")
         say(f"figures written to {args.json}")
     return 0
 

@@ -55,7 +55,7 @@ def test_figures_and_table_with_a_subset(bench):
     bound = {"bound_s": 60.0, "decode_s": 5.0, "prefix_s": {13: 3.0, 17: 4.0}, "train_s": 48.0}
     results = {"tsweep": a, "keras_tuner_hyperband": c}
     out = bench.figures(results, bound)
-    assert set(out) == {"tsweep", "naive_ray", "keras_tuner_hyperband", "bound_s", "ratios"}
+    assert set(out) == {"tsweep", "naive_ray", "keras_tuner_hyperband", "bound_s", "ratios", "tsweep_overhead"}
     assert out["naive_ray"] is None and out["bound_s"] == 60.0
     assert out["ratios"] == {"naive_over_tsweep": None, "hyperband_over_tsweep": 2.5, "tsweep_over_bound": 1.67}
     info = {"cpus": 2, "ray_cpus": 2, "cpu": "cpu", "ram_gb": 8.0, "python": "3", "tensorflow": "2",
@@ -63,3 +63,15 @@ def test_figures_and_table_with_a_subset(bench):
     text = bench.table(results, bound, args, info)
     assert "naive / tsweep: n/a" in text and "hyperband / tsweep: 2.50" in text and "not run" in text
     assert bench.figures({}, None)["ratios"]["tsweep_over_bound"] is None
+
+
+def test_per_trial_overhead_is_the_time_outside_epochs(bench):
+    records = [{"wall_s": 10.0, "history": [{"epoch_time_s": 3.0}, {"epoch_time_s": 4.0}]},  # 3 s outside
+               {"wall_s": 5.0, "history": [{"epoch_time_s": 4.0}]}]  # 1 s outside
+    got = bench.overhead(records, wall_s=10.0, concurrency=2)
+    assert got == {"overhead_s": 4.0, "share": 0.2, "per_trial_s": 2.0}
+    args = bench.parse_args(["--only", "a", "--weights", "none"])
+    a = {"wall_s": 10.0, "trials": 2, "epochs": 3, "best_val_accuracy": 0.9, "peak_rss_mb": 900}
+    text = bench.table({"tsweep": a}, None, args, {"cpus": 2, "ray_cpus": 2, "cpu": "x", "ram_gb": 24,
+                       "python": "3", "tensorflow": "2", "keras": "3", "ray": "2", "keras_tuner": "1"}, got)
+    assert "per-trial overhead of (a): 4.0 s over its trials (2.00 s per trial), 20.0% of its workers' time" in text
