@@ -217,3 +217,24 @@ def test_shared_weights_of_another_alpha_raise():
         build_backbone("mobilenet_v2", 96, weights=path, alpha=0.35)
     message = str(info.value)
     assert path in message and "mobilenet_v2" in message and "alpha 0.35" in message
+
+
+def test_a_weights_file_is_read_once_per_process_until_it_changes(tmp_path, monkeypatch):
+    import os
+
+    path = tmp_path / "tiny.weights.h5"
+    build_backbone("mobilenet_v2", 32, weights="none", alpha=0.35).save_weights(path)
+    reads = []
+    original = keras.Model.load_weights
+    monkeypatch.setattr(keras.Model, "load_weights",
+                        lambda self, *a, **k: (reads.append(a[0]), original(self, *a, **k)))
+    first = build_backbone("mobilenet_v2", 32, weights=str(path), alpha=0.35)
+    second = build_backbone("mobilenet_v2", 32, weights=str(path), alpha=0.35)
+    assert len(reads) == 1  # the second build copied the weights this process already had
+    np.testing.assert_array_equal(first_kernel(first), first_kernel(second))
+    assert first_kernel(first) is not first_kernel(second)
+    # A new file at the same path (another size or mtime) is read again.
+    build_backbone("mobilenet_v2", 32, weights="none", alpha=0.35).save_weights(path)
+    os.utime(path, ns=(1, 1))
+    third = build_backbone("mobilenet_v2", 32, weights=str(path), alpha=0.35)
+    assert len(reads) == 2 and not np.allclose(first_kernel(third), first_kernel(first))
