@@ -72,6 +72,25 @@ def test_cached_training_equals_end_to_end(data, tmp_path, changes):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_augmented_trial_validates_on_cached_features(data, tmp_path):
+    # Augmentation keeps training end to end; validation comes from the suffix on cached features and
+    # matches fit's own validation, epoch by epoch, through warm-up and fine-tuning.
+    from tsweep.trainers.train import train
+
+    cfg = config(freeze_cutoff=12, epochs=3, augmentation="light")
+    reference = train(cfg, data)
+    cache = FeatureCache(tmp_path / "features", 10**8)
+    cached = train(cfg, data, feature_cache=cache)
+    assert cache.stats["computed"] == 2  # the val split at the whole backbone (warm-up) and at cutoff 12
+    for key in ("loss", "accuracy"):  # the same training: augmentation draws and batches unchanged
+        np.testing.assert_allclose([h[key] for h in cached.history], [h[key] for h in reference.history],
+                                   rtol=1e-5, err_msg=key)
+    for key in ("val_loss", "val_accuracy"):
+        np.testing.assert_allclose([h[key] for h in cached.history], [h[key] for h in reference.history],
+                                   rtol=1e-4, atol=1e-6, err_msg=key)
+    assert [set(h) for h in cached.history] == [set(h) for h in reference.history]
+
+
 def test_can_use_cache():
     from tsweep.trainers.cached_train import can_use_cache
 

@@ -137,6 +137,53 @@ class _Features:
             return suffix, (np.concatenate([train, val]) if has_val else train), None
         return suffix, train, val
 
+    def val_stage(self, cutoff: int, pooled: bool) -> tuple[Any, np.ndarray]:
+        """(suffix, validation features) at `cutoff`: `stage` for the validation split alone."""
+        from tsweep.trainers.split import split_model
+
+        prefix, suffix = split_model(self.model, self.cfg, cutoff, pooled=pooled)
+        images = self.data.x_val
+        if "val" not in self._digests:
+            self._digests["val"] = digest(images)
+        parts = feature_key(self.cfg, cutoff, pooled, self.weights, self.dataset, "val", images,
+                            self._digests["val"])
+        return suffix, self.cache.get_or_compute(parts, lambda: prefix_features(prefix, images, PREDICT_BATCH))
+
+
+class CachedValidation:
+    """Validation of an end-to-end trial (one with augmentation) on cached frozen-prefix features.
+
+    Augmentation keeps a trial's training images changing, so its training runs end to end; its validation
+    images never change, and validation runs in inference mode, where the frozen prefix is a fixed function.
+    So each epoch's val_loss / val_accuracy come from the suffix (sharing the model's layers, so its current
+    weights) on the cached prefix activations of the validation split: the same numbers as `fit`'s own
+    validation up to float rounding, without pushing the images through the frozen layers again every epoch
+    or tracing the full model's evaluation step. Stochastic backbones qualify too: they are deterministic in
+    inference mode.
+    """
+
+    def __init__(self, model: Any, cfg: TrialConfig, data: Dataset, x_calibration: np.ndarray,
+                 cache: FeatureCache) -> None:
+        self.features = _Features(model, cfg, data, x_calibration, cache, full_data=False)
+        self.y_val, self.batch_size = data.y_val, cfg.batch_size
+        self.suffix = self.fv = None
+
+    def stage(self, cutoff: int, pooled: bool, loss: Any) -> bool:
+        """Prepare the suffix at `cutoff` (compiled with `loss` and accuracy); False at cutoff 0 (no prefix:
+        validate end to end instead)."""
+        self.suffix = self.fv = None
+        if cutoff == 0:
+            return False
+        self.suffix, self.fv = self.features.val_stage(cutoff, pooled)
+        self.suffix.compile(optimizer="sgd", loss=loss, metrics=["accuracy"])  # evaluation only
+        return True
+
+    def evaluate(self) -> dict[str, float]:
+        """{"val_loss", "val_accuracy"} of the model's current weights."""
+        values = self.suffix.evaluate(self.fv, self.y_val, batch_size=self.batch_size, verbose=0,
+                                      return_dict=True)
+        return {"val_loss": float(values["loss"]), "val_accuracy": float(values["accuracy"])}
+
 
 def train_cached(config: Mapping[str, Any] | TrialConfig, data: Dataset, *, cache: FeatureCache,
                  on_epoch: EpochCallback | None = None, full_data: bool = False, verbose: int = 0) -> TrainResult:

@@ -63,7 +63,8 @@ def train(config: Mapping[str, Any] | TrialConfig, data: Dataset, *, on_epoch: E
         verbose: Keras fit verbosity, default 0.
         feature_cache: a `tsweep.trainers.features.FeatureCache`: configs without augmentation then train
             on cached frozen-prefix features (same result, far less compute; see `cached_train`).
-            Default None: always end to end. Resumed runs always train end to end.
+            Configs with augmentation (and resumed runs) train end to end but validate on the cached
+            features of the validation split (`cached_train.CachedValidation`). Default None: always end to end.
 
     Raises:
         TrialError: the loss became NaN or infinite (a too-high learning rate, usually).
@@ -92,13 +93,27 @@ def train(config: Mapping[str, Any] | TrialConfig, data: Dataset, *, on_epoch: E
         if cfg.weights == "none":
             calibrate_batchnorm(model, x)
 
+    # Augmented trials train end to end, but validate on cached features when there is a cache.
+    validator = None
+    if feature_cache is not None and validation is not None:
+        from tsweep.trainers.cached_train import CachedValidation
+
+        validator = CachedValidation(model, cfg, data, x, feature_cache)
+    cached_val = False
     for epoch in range(len(history), cfg.epochs):
-        wanted = phase_of(epoch, cfg)
-        if wanted != phase:  # (re)compile only when the trainable set changes: it resets optimizer state
-            prepare_phase(model, cfg, n, wanted)
-            phase = wanted
         started = time.perf_counter()
-        metrics = fit_epoch(model, x, y, validation, cfg, epoch, verbose)
+        wanted = phase_of(epoch, cfg)
+        if wanted != phase or (validator is not None and epoch == len(history)):
+            if wanted != phase:  # (re)compile only when the trainable set changes: it resets optimizer state
+                prepare_phase(model, cfg, n, wanted)
+                phase = wanted
+            if validator is not None:
+                top = _max_cutoff(cfg)
+                cutoff = cfg.cutoff() if wanted == "finetune" else top
+                cached_val = validator.stage(cutoff, pooled=cutoff == top, loss=model.loss)
+        metrics = fit_epoch(model, x, y, None if cached_val else validation, cfg, epoch, verbose)
+        if cached_val:
+            metrics.update(validator.evaluate())
         end_epoch(metrics, cfg, epoch, phase, started, history, on_epoch, model)
     return TrainResult(model, cfg, data.class_names, history)
 
