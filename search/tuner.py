@@ -14,7 +14,9 @@ from tsweep.trainers.remote import is_uri
 
 # Trials inherit these: quiet TensorFlow's C++ logging, and stop Ray from copying every worker's
 # output to the driver's terminal (the recorder prints progress instead).
-TRIAL_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore"}
+# MALLOC_ARENA_MAX: Ray runs each trial of a reused worker in a new thread, and glibc gives new threads new
+# malloc arenas that fragment: ~1.5 MB more RSS per trial measured here, ~0.1 MB with 2 arenas.
+TRIAL_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONWARNINGS": "ignore", "MALLOC_ARENA_MAX": "2"}
 
 
 # What a cluster's workers never need from a source checkout (Ray uploads the working_dir to every node).

@@ -68,6 +68,7 @@ def test_cluster_runtime_env_ships_the_checkout_without_results(tmp_path):
     assert Path(env["working_dir"], "pyproject.toml").is_file()
     assert {"results/", ".venv/", ".git/"} <= set(env["excludes"]) == set(SHIP_EXCLUDES)
     assert env["env_vars"]["TF_CPP_MIN_LOG_LEVEL"] == "2"
+    assert runtime_env_for(None)["env_vars"]["MALLOC_ARENA_MAX"] == "2"  # see tests/test_reuse.py
 
 
 def test_storage_locations(tmp_path):

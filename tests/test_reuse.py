@@ -1,4 +1,11 @@
-"""Warm workers: trials reuse their worker process, and nothing leaks from one trial to the next."""
+"""Warm workers: trials reuse their worker process, and nothing leaks from one trial to the next.
+
+A reused worker used to grow ~5 MB per trial on cached features and ~28 MB per end-to-end trial although
+each trial starts from keras.backend.clear_session(): Keras 3's TF optimizer all-reduces gradients through a
+tf.custom_gradient, and TF (2.21) registers each traced one as "CustomGradient-<uid>" in its global gradient
+registry, whose closure keeps the whole traced train step (graph, ops, functions) alive. `fresh_session`
+now drops those entries (`search.trial._forget_custom_gradients`).
+"""
 
 from __future__ import annotations
 
@@ -24,11 +31,40 @@ learning_rate: {loguniform: [1.0e-4, 1.0e-2]}
 """
 
 
+def test_fresh_session_releases_the_previous_trials_train_step():
+    # Keras 3's TF optimizer all-reduces gradients through a tf.custom_gradient, which registers a
+    # "CustomGradient-<uid>" function holding the whole traced train step in TF's global gradient registry;
+    # fresh_session must drop it, or every trial of a reused worker keeps its graphs (and their functions).
+    import gc
+    import weakref
+
+    import keras
+    import numpy as np
+    from tensorflow.python.framework import ops
+    from tensorflow.python.framework.func_graph import FuncGraph
+
+    from tsweep.search.trial import fresh_session
+
+    def one_trial():
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.fit(np.zeros((8, 4), "float32"), np.zeros(8, "int32"), batch_size=4, epochs=1, verbose=0)
+
+    def graphs() -> dict:
+        return {id(o): o for o in gc.get_objects() if isinstance(o, FuncGraph)}
+
+    fresh_session()
+    before = graphs()
+    one_trial()
+    traced = [weakref.ref(g) for i, g in graphs().items() if i not in before]
+    del before
+    assert traced and any(str(k).startswith("CustomGradient-") for k in ops._gradient_registry.list())
+    fresh_session()
+    assert not any(str(k).startswith("CustomGradient-") for k in ops._gradient_registry.list())
+    assert [r() for r in traced if r() is not None] == []
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(reason="known leak, not fixed yet: a reused worker grows ~5 MB per trial on cached features "
-                   "and ~28 MB per end-to-end trial although each trial starts from keras.backend.clear_session() "
-                   "(Keras 3.15, TF 2.21; measured in-process too, so not Ray's); the pid check passes",
-                   strict=False)
 def test_fifty_trials_in_one_reused_worker_level_off_in_memory(shapes_dir, cache_dir, tmp_path):
     import ray
 
