@@ -121,18 +121,10 @@ class _Features:
         from tsweep.trainers.split import split_model
 
         prefix, suffix = split_model(self.model, self.cfg, cutoff, pooled=pooled)
-
-        def split(name: str, images: np.ndarray) -> np.ndarray:
-            if name not in self._digests:  # hashing the images once per trial, not once per phase
-                self._digests[name] = digest(images)
-            parts = feature_key(self.cfg, cutoff, pooled, self.weights, self.dataset, name, images,
-                                self._digests[name])
-            return self.cache.get_or_compute(parts, lambda: prefix_features(prefix, images, PREDICT_BATCH))
-
         data = self.data
-        train = split("train", data.x_train)
+        train = self._split(prefix, cutoff, pooled, "train", data.x_train)
         has_val = len(data.y_val) > 0
-        val = split("val", data.x_val) if has_val else None
+        val = self._split(prefix, cutoff, pooled, "val", data.x_val) if has_val else None
         if self.full_data:
             return suffix, (np.concatenate([train, val]) if has_val else train), None
         return suffix, train, val
@@ -142,12 +134,14 @@ class _Features:
         from tsweep.trainers.split import split_model
 
         prefix, suffix = split_model(self.model, self.cfg, cutoff, pooled=pooled)
-        images = self.data.x_val
-        if "val" not in self._digests:
-            self._digests["val"] = digest(images)
-        parts = feature_key(self.cfg, cutoff, pooled, self.weights, self.dataset, "val", images,
-                            self._digests["val"])
-        return suffix, self.cache.get_or_compute(parts, lambda: prefix_features(prefix, images, PREDICT_BATCH))
+        return suffix, self._split(prefix, cutoff, pooled, "val", self.data.x_val)
+
+    def _split(self, prefix: Any, cutoff: int, pooled: bool, name: str, images: np.ndarray) -> np.ndarray:
+        """One split's prefix activations, from the cache or computed."""
+        if name not in self._digests:  # hashing the images once per trial, not once per phase
+            self._digests[name] = digest(images)
+        parts = feature_key(self.cfg, cutoff, pooled, self.weights, self.dataset, name, images, self._digests[name])
+        return self.cache.get_or_compute(parts, lambda: prefix_features(prefix, images, PREDICT_BATCH))
 
 
 class CachedValidation:
