@@ -82,6 +82,7 @@ def test_augmented_trial_validates_on_cached_features(data, tmp_path):
     cache = FeatureCache(tmp_path / "features", 10**8)
     cached = train(cfg, data, feature_cache=cache)
     assert cache.stats["computed"] == 2  # the val split at the whole backbone (warm-up) and at cutoff 12
+    assert cache.stats["memory_hits"] == 0  # staged once per phase, not again every epoch
     for key in ("loss", "accuracy"):  # the same training: augmentation draws and batches unchanged
         np.testing.assert_allclose([h[key] for h in cached.history], [h[key] for h in reference.history],
                                    rtol=1e-5, err_msg=key)

@@ -33,7 +33,7 @@ import numpy as np
 from tsweep.spaces.config import TrialConfig
 from tsweep.trainers.data import Dataset
 from tsweep.trainers.features import FeatureCache, prefix_features
-from tsweep.trainers.train import EpochCallback, TrainResult, as_config, end_epoch, fit_epoch, phase_of
+from tsweep.trainers.train import EpochCallback, TrainResult, as_config, end_epoch, fit_epoch, phase_cutoff, phase_of
 
 # Backbones with layers that act differently with training=True besides BatchNorm (EfficientNet's stochastic
 # depth Dropout): `fit` passes training=True through the frozen part too, so their frozen prefix is not a
@@ -222,7 +222,7 @@ def train_cached(config: Mapping[str, Any] | TrialConfig, data: Dataset, *, cach
         started = time.perf_counter()
         wanted = phase_of(epoch, cfg)
         if wanted != phase:  # a new trainable set: new features and a new optimizer, as in train()
-            cutoff = cfg.cutoff() if wanted == "finetune" else top
+            cutoff = phase_cutoff(cfg, wanted)
             set_cutoff(model, cfg, cutoff)
             trainer = fx = fv = None  # let the previous phase's arrays go
             trainer, fx, fv = features.stage(cutoff, pooled=cutoff == top)

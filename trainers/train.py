@@ -99,18 +99,17 @@ def train(config: Mapping[str, Any] | TrialConfig, data: Dataset, *, on_epoch: E
         from tsweep.trainers.cached_train import CachedValidation
 
         validator = CachedValidation(model, cfg, data, x, feature_cache)
-    cached_val = False
+    cached_val, val_phase = False, None
     for epoch in range(len(history), cfg.epochs):
         started = time.perf_counter()
         wanted = phase_of(epoch, cfg)
-        if wanted != phase or (validator is not None and epoch == len(history)):
-            if wanted != phase:  # (re)compile only when the trainable set changes: it resets optimizer state
-                prepare_phase(model, cfg, n, wanted)
-                phase = wanted
-            if validator is not None:
-                top = _max_cutoff(cfg)
-                cutoff = cfg.cutoff() if wanted == "finetune" else top
-                cached_val = validator.stage(cutoff, pooled=cutoff == top, loss=model.loss)
+        if wanted != phase:  # (re)compile only when the trainable set changes: it resets optimizer state
+            prepare_phase(model, cfg, n, wanted)
+            phase = wanted
+        if validator is not None and val_phase != phase:  # once per phase, also the first of a resumed run
+            cutoff = phase_cutoff(cfg, phase)
+            cached_val = validator.stage(cutoff, pooled=cutoff == _max_cutoff(cfg), loss=model.loss)
+            val_phase = phase
         metrics = fit_epoch(model, x, y, None if cached_val else validation, cfg, epoch, verbose)
         if cached_val:
             metrics.update(validator.evaluate())
@@ -118,11 +117,16 @@ def train(config: Mapping[str, Any] | TrialConfig, data: Dataset, *, on_epoch: E
     return TrainResult(model, cfg, data.class_names, history)
 
 
+def phase_cutoff(cfg: TrialConfig, phase: str) -> int:
+    """The freeze cutoff of `phase`: the config's own when fine-tuning, else the whole backbone frozen."""
+    return cfg.cutoff() if phase == "finetune" else _max_cutoff(cfg)
+
+
 def prepare_phase(model: Any, cfg: TrialConfig, num_classes: int, phase: str) -> None:
     """Freeze the backbone for `phase` ("features", "warmup" or "finetune") and compile with its optimizer."""
     from tsweep.trainers.model import compile_model, set_cutoff
 
-    set_cutoff(model, cfg, cfg.cutoff() if phase == "finetune" else _max_cutoff(cfg))
+    set_cutoff(model, cfg, phase_cutoff(cfg, phase))
     compile_model(model, cfg, num_classes, warmup=phase == "warmup")
 
 
