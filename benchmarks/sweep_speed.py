@@ -167,9 +167,10 @@ def lower_bound(args: argparse.Namespace, work: Path, records: list[dict]) -> di
     import keras
     import numpy as np
 
-    from tsweep.trainers.backbones import build_backbone, get_spec
+    from tsweep.trainers.backbones import get_spec
     from tsweep.trainers.data import load_dataset
     from tsweep.trainers.layers import Preprocess
+    from tsweep.trainers.pretrained import build_backbone
 
     say("\n== lower bound for (a) ==")
     start = time.perf_counter()

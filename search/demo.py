@@ -30,7 +30,7 @@ def local_weights() -> Path | None:
 def demo_weights(progress: Callable[[str], None]) -> str:
     """"imagenet" if Keras can download them, else a local copy of the same weights, else "none"."""
     from tsweep.spaces.space import load_space
-    from tsweep.trainers.backbones import build_backbone
+    from tsweep.trainers.pretrained import build_backbone
 
     fixed = load_space(DEMO_SPACE).fixed
     try:

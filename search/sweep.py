@@ -100,7 +100,7 @@ def candidates(space: Space, key: str) -> list:
 def check_weights(space: Space, progress: Callable[[str], None] = print) -> None:
     """Build each backbone of the space once with its weights, so a failed download or a bad weights
     file stops the sweep before any trial (and Keras caches ImageNet downloads for the trials)."""
-    from tsweep.trainers.backbones import build_backbone
+    from tsweep.trainers.pretrained import build_backbone
 
     for backbone in candidates(space, "backbone"):
         for weights in candidates(space, "weights"):

@@ -18,13 +18,13 @@ from tsweep.errors import SweepConfigError, out_of_range
 from tsweep.trainers.backbones import (
     BACKBONES,
     boundary_indices,
-    build_backbone,
     cut_index,
     describe,
     freeze,
     get_spec,
 )
 from tsweep.trainers.layers import Preprocess
+from tsweep.trainers.pretrained import build_backbone
 
 WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights"
 NAMES = sorted(BACKBONES)

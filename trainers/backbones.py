@@ -9,14 +9,13 @@ BatchNormalization: the model builder calls ``base(x, training=False)``, so BN l
 (frozen moving statistics) in the frozen and the fine-tuned parts alike, as in the Keras fine-tuning guide;
 an unfrozen BN layer still trains its gamma and beta. Nothing here changes that.
 
-This module imports no TensorFlow or Keras at module level (``tsweep backbones`` lists them fast); only
-``build_backbone`` imports Keras.
+This module imports no TensorFlow or Keras at module level (``tsweep backbones`` lists them fast).
+Building a backbone with its weights is ``trainers.pretrained.build_backbone``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tsweep.errors import SweepConfigError, out_of_range
@@ -148,114 +147,6 @@ def describe() -> list[dict]:
     return [{"name": s.name, "constructor": s.constructor, "default_size": s.default_size,
              "min_size": s.min_size, "preprocess": s.preprocess, "alpha": s.has_alpha,
              "max_cutoff": s.max_cutoff, "cut_points": list(s.labels)} for s in BACKBONES.values()]
-
-
-def _brief(error: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _example_file(spec: BackboneSpec, alpha: float) -> str:
-    # The naming of ../shared/weights: mobilenet_v2_1.0_224_no_top.h5
-    width = f"_{float(alpha)}" if spec.has_alpha else ""
-    return f"{spec.name}{width}_{spec.default_size}_no_top.h5"
-
-
-def build_backbone(name: str, image_size: int, weights: str | None = "imagenet",
-                   alpha: float = 1.0) -> keras.Model:
-    """The backbone without its classification top (include_top=False, pooling=None), input (S, S, 3).
-
-    Args:
-        name: a backbone name accepted by get_spec.
-        image_size: S, the square input size in pixels; at least the backbone's min_size.
-        weights: "imagenet" (Keras downloads and caches it), "none" or None (random init), or a path to a
-            weights file of the same backbone and alpha (e.g. a ``*_no_top.h5``). Default "imagenet".
-        alpha: width multiplier, MobileNet family only. Default 1.0.
-
-    Raises:
-        SweepConfigError: bad size, alpha or weights path; a failed ImageNet download; a weights file
-            that does not fit the backbone.
-    """
-    spec = get_spec(name)
-    if isinstance(image_size, bool) or not isinstance(image_size, int) \
-            or not spec.min_size <= image_size <= MAX_IMAGE_SIZE:
-        raise SweepConfigError(f"{out_of_range('image_size', spec.min_size, MAX_IMAGE_SIZE, image_size)} "
-                               f"({spec.name} needs at least {spec.min_size} px)")
-    kwargs: dict = {"include_top": False, "weights": None, "input_shape": (image_size, image_size, 3),
-                    "pooling": None}
-    if spec.has_alpha:
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
-            raise SweepConfigError(f"`alpha` must be a positive number, got {alpha!r}")
-        kwargs["alpha"] = float(alpha)
-    elif alpha != 1.0:
-        raise SweepConfigError(f"`alpha` (width multiplier) applies to the MobileNet family only; "
-                               f"remove it for {spec.name}, got {alpha}")
-
-    source = "none" if weights is None else str(weights)
-    path = None
-    if source.lower() == "imagenet":
-        if spec.has_alpha and float(alpha) not in spec.imagenet_alphas:
-            raise SweepConfigError(
-                f"Keras has ImageNet weights for {spec.name} only at alpha "
-                f"{', '.join(str(a) for a in spec.imagenet_alphas)}, got alpha {alpha}: choose one of those, "
-                "or pass --weights PATH to a weights file of that alpha, or --weights none")
-        kwargs["weights"] = "imagenet"
-    elif source.lower() != "none":
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise SweepConfigError(f"weights file '{source}' does not exist: pass an existing .h5 file, "
-                                   "\"imagenet\" or \"none\"")
-
-    import keras  # lazily: importing TensorFlow takes seconds
-
-    constructor = getattr(keras.applications, spec.constructor)
-    memo_key = _weights_key(spec, image_size, kwargs.get("alpha"), source, path)
-    if memo_key in _LOADED_WEIGHTS:  # a reused worker: build with random init, then copy the weights
-        model = constructor(**{**kwargs, "weights": None})
-        model.set_weights(_LOADED_WEIGHTS[memo_key])
-        return model
-    try:
-        model = constructor(**kwargs)
-    except ValueError as e:  # Keras's own argument checks
-        raise SweepConfigError(f"keras.applications.{spec.constructor} rejected image_size {image_size}, "
-                               f"alpha {alpha}, weights {source!r}: {_brief(e)}") from e
-    except Exception as e:  # with "imagenet" the rest is the download (a bare Exception when offline)
-        if kwargs["weights"] != "imagenet":
-            raise
-        raise SweepConfigError(
-            f"the download of ImageNet weights for {spec.name} failed ({_brief(e)}): pass --weights PATH "
-            f"to a local no-top weights file (e.g. {_example_file(spec, alpha)}) or --weights none") from e
-    if path is not None:
-        # Same as Keras's weights=PATH, but a mismatch can only come from the file, so say so.
-        try:
-            model.load_weights(str(path))
-        except Exception as e:
-            raise SweepConfigError(
-                f"weights file '{source}' does not fit backbone {spec.name} at alpha {alpha}: {_brief(e)} "
-                "(pass a no-top weights file saved from the same backbone and alpha, \"imagenet\" or "
-                "\"none\")") from e
-    if memo_key is not None:
-        while len(_LOADED_WEIGHTS) >= _MAX_LOADED:
-            _LOADED_WEIGHTS.pop(next(iter(_LOADED_WEIGHTS)))
-        _LOADED_WEIGHTS[memo_key] = model.get_weights()
-    return model
-
-
-# Pretrained weights this process has loaded, so a reused worker reads a weights file (or Keras's download
-# cache) once, not once per trial (~0.4 s for MobileNetV2). A few entries: MobileNetV2 1.0 is ~9 MB.
-_LOADED_WEIGHTS: dict[tuple, list] = {}
-_MAX_LOADED = 4
-
-
-def _weights_key(spec: BackboneSpec, image_size: int, alpha: float | None, source: str,
-                 path: Path | None) -> tuple | None:
-    """What identifies loaded weights: the file's path, size and mtime (a replaced file is read again)."""
-    if source.lower() == "none":
-        return None
-    if path is None:
-        return (spec.name, image_size, alpha, "imagenet")
-    st = path.stat()
-    return (spec.name, image_size, alpha, str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
 def boundary_indices(base: keras.Model, spec_or_name: str | BackboneSpec) -> list[int]:

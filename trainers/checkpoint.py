@@ -4,8 +4,8 @@ A trial restarted from one (on another node, or by `tsweep resume`) continues af
 The model itself is rebuilt from the trial's config, so a checkpoint holds arrays only: `weights.npz`
 (`model.variables` in order: the weights and the Dropout seed states, so a resumed epoch draws the same
 masks), `optimizer.npz` (`optimizer.variables`: iteration count, learning rate and slots) and `state.json`
-(epoch, phase, history). Writing them takes ~0.1 s for
-MobileNetV2 at 160 px where `model.save` (.keras) took ~1 s; a trial writes one every epoch.
+(epoch, phase, history). Writing them takes ~0.1 s for MobileNetV2 at 160 px where `model.save` (.keras)
+took ~1 s; a trial writes one every epoch.
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ from typing import Any
 import keras
 
 from tsweep.spaces.config import TrialConfig
-from tsweep.trainers.backbones import build_backbone, freeze, get_spec
+from tsweep.trainers.backbones import freeze, get_spec
 from tsweep.trainers.layers import Preprocess
+from tsweep.trainers.pretrained import build_backbone
 
 BACKBONE_LAYER = "backbone"
 
