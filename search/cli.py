@@ -1,4 +1,5 @@
-"""The `tsweep` command: one small function per subcommand, each returning an exit code.
+"""The `tsweep` command: one small function per subcommand, each returning an exit code (`tsweep cache`'s are
+in ``search.cache_cli``).
 
 Exit codes: 0 success, 1 a run that finished without a usable result, 2 bad input (the message says which
 file or key and the fix).
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from tsweep.errors import SweepConfigError
+from tsweep.search.cache_cli import add_cache_parser
 
 
 def log(message: str) -> None:
@@ -31,7 +33,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction, seed=args.seed, cache_dir=args.cache_dir, export=not args.no_export,
         storage=args.storage, mixed_precision=args.mixed_precision, reuse_workers=not args.no_reuse_workers,
         feature_cache=not args.no_feature_cache, cache_memory=args.cache_memory or "",
-        cache_float16=args.cache_float16)
+        cache_float16=args.cache_float16, cache_disk=args.cache_disk or "")
     return finish(run_sweep(opts, progress=log), opts.export)
 
 
@@ -182,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="train every trial end to end (default: cache frozen-prefix features)")
     run.add_argument("--cache-memory", help="in-memory feature cache per node, e.g. 4GB (default: 25%% of RAM)")
     run.add_argument("--cache-float16", action="store_true", help="store cached features as float16")
+    run.add_argument("--cache-disk", metavar="SIZE", help="disk budget of the cache: the sweep start evicts least "
+                     "recently used entries over it, e.g. 50GB (default: 20 GB or 25%% of the free disk)")
     run.add_argument("--no-reuse-workers", action="store_true",
                      help="start a fresh worker process for every trial (default: reuse them)")
     run.add_argument("--no-export", action="store_true", help="skip retraining and exporting the winner")
@@ -233,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("backbones", help="list backbones and their freeze cut points").set_defaults(func=cmd_backbones)
     sub.add_parser("spaces", help="list the bundled search spaces").set_defaults(func=cmd_spaces)
+
+    add_cache_parser(sub)
 
     demo = sub.add_parser("demo", help="offline demo: synthetic data, a small sweep, export, predict")
     demo.add_argument("--data", help="use this image folder instead of generated images")

@@ -15,12 +15,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from tsweep.errors import SweepConfigError, out_of_range
+from tsweep.search.cache_budget import evict_cache, parse_size
 from tsweep.search.objective import Objective
 from tsweep.search.records import read_trials, sweep_dir, write_sweep
+from tsweep.spaces.overrides import with_overrides
 from tsweep.spaces.space import Space, load_space
 
 REPORTED_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")  # what every trial reports per epoch
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# The `tsweep run` flag of each override key, so messages name what the user typed.
+OVERRIDE_FLAGS = {"epochs": "--max-epochs", "backbone": "--backbone", "weights": "--weights"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,8 @@ class SweepOptions:
     feature_cache: bool = True  # train configs without augmentation on cached frozen-prefix features
     cache_memory: str = ""  # in-memory feature cache per node, e.g. "4GB" (default 25% of RAM); spills to disk
     cache_float16: bool = False  # store cached features as float16 (half the memory and disk)
+    cache_disk: str = ""  # disk budget of the cache root, e.g. "50GB": a sweep start evicts LRU entries over it;
+    #                      default 20 GB or 25% of the free disk, whichever is smaller
     # --- data ------------------------------------------------------------------------------------------
     val_fraction: float = 0.2  # split off train when there is no val/validation folder
     seed: int = 0  # data split and trial sampling
@@ -79,6 +85,8 @@ def check_options(opts: SweepOptions) -> None:
         raise SweepConfigError(f"--val-fraction: {out_of_range('val_fraction', 0, 1, opts.val_fraction)}")
     if opts.cache_memory:
         parse_size(opts.cache_memory)
+    if opts.cache_disk:
+        parse_size(opts.cache_disk, "--cache-disk")
     if opts.cpus_per_trial <= 0 or opts.gpus_per_trial < 0:
         raise SweepConfigError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0, got "
                                f"{opts.cpus_per_trial} and {opts.gpus_per_trial}")
@@ -111,11 +119,13 @@ def check_weights(space: Space, progress: Callable[[str], None] = print) -> None
 
 
 def prepare(opts: SweepOptions, progress: Callable[[str], None] = print) -> tuple[Space, dict, Path]:
-    """Every check that can fail before Ray starts; decodes (and caches) the images for each size.
+    """Every check that can fail before Ray starts; evicts least recently used cache entries over the
+    `--cache-disk` budget (`cache_budget.evict_cache`), then decodes (and caches) the images for each size.
 
     Returns the space with overrides applied, the data options for trials and the sweep folder.
     """
     from tsweep.trainers.data import default_cache_dir, discover, load_dataset
+    from tsweep.trainers.decoded_cache import cache_key
     from tsweep.trainers.remote import is_uri, local_data_dir
 
     check_options(opts)
@@ -126,28 +136,22 @@ def prepare(opts: SweepOptions, progress: Callable[[str], None] = print) -> tupl
                                "or remove the folder")
     space = load_space(opts.space)
     if opts.overrides:
-        space = space.with_fixed(**opts.overrides)
+        space, notices = with_overrides(space, opts.overrides, OVERRIDE_FLAGS)
+        for notice in notices:
+            progress(notice)
     # A URI stays a URI (every node makes its own copy); a local path becomes absolute for the trials.
     data_dir = opts.data if is_uri(opts.data) else str(Path(opts.data).expanduser().resolve())
     cache = Path(opts.cache_dir).expanduser() if opts.cache_dir else default_cache_dir()
     # layout and class checks, before any decoding
-    discover(local_data_dir(data_dir, cache, progress), val_fraction=opts.val_fraction)
+    layout = discover(local_data_dir(data_dir, cache, progress), val_fraction=opts.val_fraction)
     data_options = {"data_dir": data_dir, "val_fraction": opts.val_fraction, "seed": opts.seed,
                     "cache_dir": opts.cache_dir}
+    evict_cache(cache, opts, [cache_key(layout, int(size)) for size in candidates(space, "image_size")], progress)
     for size in candidates(space, "image_size"):
         data = load_dataset(image_size=int(size), progress=progress, **data_options)
         progress(data.summary())
     check_weights(space, progress)
     return space, data_options, root
-
-
-def parse_size(text: str) -> int:
-    """Bytes of a size such as "512MB", "4GB", "1.5G" or a plain number of bytes."""
-    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?)I?B?\s*", text.upper())
-    if not match:
-        raise SweepConfigError(f"`--cache-memory` must be a size like 512MB or 4GB, got {text!r}")
-    return int(float(match.group(1)) * units[match.group(2)])
 
 
 def feature_settings(opts: SweepOptions) -> dict | None:

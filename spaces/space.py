@@ -12,7 +12,8 @@ distribution::
     epochs: {fixed: 12}                         # the same as `epochs: 12`
 
 Nothing here imports TensorFlow: a space is validated (unknown keys, bad distributions, out-of-range
-values) before any trial starts.
+values) before any trial starts. Command-line overrides over a space (`tsweep run --backbone ...`) are
+``spaces.overrides``.
 """
 
 from __future__ import annotations

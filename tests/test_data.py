@@ -14,7 +14,8 @@ from PIL import Image
 
 from tsweep.errors import SweepConfigError
 from tsweep.trainers import data, images
-from tsweep.trainers.data import cache_key, default_cache_dir, discover, load_dataset, stratified_split
+from tsweep.trainers.data import default_cache_dir, discover, load_dataset, stratified_split
+from tsweep.trainers.decoded_cache import cache_key
 from tsweep.trainers.images import BadImageError, decode_image, decode_many, list_images
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

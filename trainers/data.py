@@ -1,4 +1,4 @@
-"""Image folders -> decoded arrays: layout discovery, validation, seeded stratified splits, on-disk cache.
+"""Image folders -> decoded arrays: layout discovery, validation, seeded stratified splits.
 
 Accepted layouts of ``data_dir`` (split names in any case):
 
@@ -6,17 +6,15 @@ Accepted layouts of ``data_dir`` (split names in any case):
 * ``DIR/train/<class>/...`` with optional ``DIR/val/`` or ``DIR/validation/`` and optional ``DIR/test/``,
   each ``<class>/<images>``. Without a val folder, validation is a stratified split of train.
 
-Every image of every split is decoded once per (file list, image size) into ``cache_dir/decoded/<key>/``
-(``images.npy`` + ``meta.json``), so trials and later sweeps only memory-map it. No TensorFlow here.
+Every image of every split is decoded once per (file list, image size) into ``cache_dir/decoded/<key>/``, so
+trials and later sweeps only memory-map it (``trainers.decoded_cache``: its keys, locks and meta). No TensorFlow
+here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import numbers
 import os
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,8 @@ import numpy as np
 
 from tsweep.errors import SweepConfigError
 from tsweep.trainers import images as imgs
-from tsweep.trainers.remote import local_data_dir
+from tsweep.trainers.decoded_cache import cache_key, load_or_decode  # noqa: F401 (cache_key: re-exported)
+from tsweep.trainers.remote import is_uri, local_data_dir
 
 SPLITS = ("train", "val", "test")
 _SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
@@ -211,38 +210,6 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
     return tuple(np.sort(np.concatenate(parts)) if parts else empty for parts in (train, val))
 
 
-def cache_key(layout: Layout, image_size: int) -> str:
-    """Hash of the cache format, the image size and (relative path, bytes, mtime_ns) of every image."""
-    entries = sorted((p.relative_to(layout.root).as_posix(), st.st_size, st.st_mtime_ns)
-                     for _, _, p in layout.files() for st in [p.stat()])
-    blob = json.dumps({"format": imgs.DECODED_FORMAT, "image_size": image_size, "files": entries})
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
-def _decoded(layout: Layout, image_size: int, cache_dir: Path, progress: Progress | None) -> tuple:
-    """All images of the layout plus their meta, from the cache or decoded (and then cached)."""
-    target = cache_dir / "decoded" / cache_key(layout, image_size)
-    hit = imgs.read_decoded(target, image_size)
-    if hit is not None:
-        return hit
-    files = layout.files()
-    say = progress or (lambda _msg: None)
-    say(f"decoding {len(files)} images at {image_size} px (cached in {target})")
-    start = time.monotonic()
-    images, skipped, kept = imgs.decode_many([p for _, _, p in files], image_size, progress)
-    say(f"decoded {len(kept)} images in {time.monotonic() - start:.1f} s")
-    rel = {str(p): p.relative_to(layout.root).as_posix() for _, _, p in files}
-    meta = {"format": imgs.DECODED_FORMAT, "image_size": image_size, "class_names": list(layout.class_names),
-            "files": [{"path": rel[str(p)], "split": s, "label": c} for s, c, p in (files[i] for i in kept)],
-            "skipped": [{"path": rel[p], "reason": reason} for p, reason in skipped]}
-    try:
-        imgs.write_decoded(target, images, meta)
-    except OSError as e:
-        warnings.warn(f"could not write the decoded-image cache {target} ({e}): set TSWEEP_CACHE to a "
-                      "writable folder; going on without the cache", stacklevel=3)
-    return images, meta
-
-
 def load_dataset(data_dir: str | os.PathLike, image_size: int, *, val_fraction: float = 0.2, seed: int = 0,
                  cache_dir: str | os.PathLike | None = None, progress: Progress | None = None) -> Dataset:
     """Discover, check, decode (or load from the cache) and split an image folder.
@@ -266,7 +233,8 @@ def load_dataset(data_dir: str | os.PathLike, image_size: int, *, val_fraction: 
     image_size = int(image_size)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     layout = discover(local_data_dir(data_dir, cache, progress), val_fraction=val_fraction)
-    images, meta = _decoded(layout, image_size, cache, progress)
+    source = str(data_dir) if is_uri(data_dir) else str(layout.root.resolve())
+    images, meta = load_or_decode(layout, image_size, cache, progress, source)
     split_of = np.array([f["split"] for f in meta["files"]])
     labels = np.array([f["label"] for f in meta["files"]], dtype=np.int64)
     skipped = tuple((str(layout.root / s["path"]), s["reason"]) for s in meta["skipped"])

@@ -10,8 +10,14 @@ digits).
 
 Loaded arrays stay in a per-process LRU bounded by ``memory_budget_bytes``; the least recently used are
 dropped from it first, and an array larger than the whole budget is never loaded into memory but served
-memory-mapped from its file (read-only), i.e. it spills to disk. Files are never deleted automatically:
-``clear()`` empties the directory. Linux/macOS only (fcntl). No TensorFlow import at module level.
+memory-mapped from its file (read-only), i.e. it spills to disk. ``clear()`` empties the directory.
+
+Entries are deleted by ``tsweep cache clean`` and by a sweep start over its disk budget, least recently used
+first (``trainers.cache_eviction``), never one a process holds (``trainers.cache_locks``): a cache holds a
+shared ``flock`` on the ``.npy`` of every entry it served (up to MAX_HELD, then the least recently served are
+let go; ``close()`` lets all go), and records each use in the mtime of ``<key>.json`` (at most every
+TOUCH_EVERY_S per entry), not in atime. The arrays themselves come from ``trainers.activations.prefix_features``
+(re-exported here). Linux/macOS only (fcntl). No TensorFlow import at module level.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import json
 import os
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,11 +36,16 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from tsweep.trainers.activations import prefix_features  # noqa: F401 (re-exported)
+from tsweep.trainers.cache_locks import hold, touch
+
 FORMAT_VERSION = 1
 DTYPES = ("float32", "float16")
 DEFAULT_FRACTION = 0.25
 FEATURES_SUBDIR = "features"
 _FALLBACK_RAM = 8 * 2**30
+MAX_HELD = 64  # entries a cache keeps a shared lock on (open files), least recently served let go first
+TOUCH_EVERY_S = 60.0  # memory hits record a use in <key>.json's mtime at most this often per entry
 
 
 def default_memory_budget(fraction: float = DEFAULT_FRACTION) -> int:
@@ -91,6 +103,8 @@ class FeatureCache:
         self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.RLock()
         self.stats = {"computed": 0, "memory_hits": 0, "disk_loads": 0, "mmap_loads": 0, "evictions": 0}
+        self._held: OrderedDict[str, Any] = OrderedDict()  # key -> open .npy with a shared flock on it
+        self._touched: dict[str, float] = {}  # key -> time.monotonic() of the last recorded use
 
     # ---- the public API ------------------------------------------------------------------------------
     def key(self, key_parts: dict) -> str:
@@ -115,9 +129,16 @@ class FeatureCache:
             if hit is not None:
                 self._memory.move_to_end(key)
                 self.stats["memory_hits"] += 1
-                return hit
+        if hit is not None:
+            self._used(key)
+            return hit
         target = self.directory / f"{key}.npy"
-        if not target.exists():
+        for _ in range(3):  # again when an eviction removed the entry between two steps
+            if target.exists() and self._hold(key, target):
+                self._used(key)
+                return self._load(key, target)
+            self._release(key)
+            fresh = None
             with self._file_lock(key):
                 if not target.exists():  # nobody stored it while we waited for the lock
                     array = np.ascontiguousarray(np.asarray(compute()), dtype=self.dtype)
@@ -125,8 +146,11 @@ class FeatureCache:
                     with self._lock:
                         self.stats["computed"] += 1
                     if array.nbytes <= self.memory_budget_bytes:
-                        array.flags.writeable = False
-                        return self._remember(key, array)
+                        fresh = array
+            if fresh is not None:  # (the shared lock only now: a waiter for the compute lock comes next)
+                self._hold(key, target)
+                fresh.flags.writeable = False
+                return self._remember(key, fresh)
         return self._load(key, target)
 
     def in_memory_bytes(self) -> int:
@@ -143,9 +167,22 @@ class FeatureCache:
         with self._lock:
             self._memory.clear()
 
+    def close(self) -> None:
+        """Let go of the shared locks on the entries this cache served: eviction may then remove them."""
+        with self._lock:
+            held, self._held = list(self._held.values()), OrderedDict()
+        for handle in held:
+            handle.close()
+
+    def held_keys(self) -> list[str]:
+        """Keys of the entries this cache holds a shared lock on, least recently served first."""
+        with self._lock:
+            return list(self._held)
+
     def clear(self) -> None:
         """Delete every stored entry and forget the in-memory ones."""
         self.forget()
+        self.close()
         for path in self.directory.glob("*"):
             if path.suffix in (".npy", ".json", ".lock", ".tmp"):
                 path.unlink(missing_ok=True)
@@ -154,12 +191,55 @@ class FeatureCache:
     @contextmanager
     def _file_lock(self, key: str) -> Iterator[None]:
         # flock locks belong to an open file description, so two threads of one process block each other too.
-        with open(self.directory / f"{key}.lock", "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        path = self.directory / f"{key}.lock"
+        while True:
+            with open(path, "a+b") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    st, now = os.fstat(handle.fileno()), os.stat(path)
+                except FileNotFoundError:
+                    continue  # an eviction unlinked the lock file while we waited: lock the new one
+                if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
+                    continue
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+                return
+
+    def _hold(self, key: str, target: Path) -> bool:
+        """Keep a shared lock on the entry's file (eviction skips it); False when it is gone (evicted)."""
+        with self._lock:
+            if key in self._held:
+                self._held.move_to_end(key)
+                return True
+        handle = hold(target)
+        if handle is None:
+            return False
+        with self._lock:
+            if key in self._held:  # another thread got there first
+                handle.close()
+                self._held.move_to_end(key)
+                return True
+            self._held[key] = handle
+            while len(self._held) > MAX_HELD:
+                self._held.popitem(last=False)[1].close()
+        return True
+
+    def _release(self, key: str) -> None:
+        with self._lock:
+            handle = self._held.pop(key, None)
+        if handle is not None:
+            handle.close()
+
+    def _used(self, key: str) -> None:
+        """Record a use in the mtime of <key>.json (what `tsweep cache` shows and eviction orders by)."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._touched.get(key, -TOUCH_EVERY_S) < TOUCH_EVERY_S:
+                return
+            self._touched[key] = now
+        touch(self.directory / f"{key}.json")
 
     def _write(self, target: Path, array: np.ndarray, key_parts: dict) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tmp", dir=self.directory)
@@ -199,26 +279,3 @@ class FeatureCache:
                 self.stats["evictions"] += 1
         return array
 
-
-def prefix_features(prefix_model: Any, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """The prefix model's outputs for images `x`, in batches of `batch_size`, in inference mode (training=False).
-
-    Every batch has exactly `batch_size` rows (the last one is zero-padded, and the padding dropped), so the
-    model is traced once whatever len(x), and each image's activations come out the same whatever the
-    dataset's size (CPU convolutions can round differently at different batch sizes).
-
-    Args:
-        prefix_model: a keras.Model (e.g. the prefix from ``trainers.split.split_model``).
-        x: inputs (N, ...); may be a memory map.
-        batch_size: images per forward pass; default 32.
-    """
-    outputs = []
-    for start in range(0, len(x), batch_size):
-        chunk = np.asarray(x[start:start + batch_size])
-        real = len(chunk)
-        if real < batch_size:
-            chunk = np.concatenate([chunk, np.zeros((batch_size - real, *chunk.shape[1:]), chunk.dtype)])
-        outputs.append(np.asarray(prefix_model.predict_on_batch(chunk))[:real])
-    if not outputs:
-        return np.zeros((0, *prefix_model.output.shape[1:]), dtype=prefix_model.output.dtype)
-    return np.concatenate(outputs)

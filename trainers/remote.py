@@ -2,7 +2,9 @@
 
 Each node of a cluster makes its own copy the first time a trial (or the driver) asks for the dataset; the
 copy is keyed by the remote listing (paths, sizes, modification times), so changed data is fetched again
-and unchanged data never is. Decoding then works on the local copy like on any folder.
+and unchanged data never is. Decoding then works on the local copy like on any folder. A process that used a
+copy holds a shared lock on its ``.complete`` marker (which holds the URI) while it lives, so `tsweep cache
+clean` and sweep starts never evict it; each use records itself in the marker's mtime.
 """
 
 from __future__ import annotations
@@ -12,11 +14,25 @@ import hashlib
 import os
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import IO, Callable
 
 from tsweep.errors import SweepConfigError
 
 DONE = ".complete"
+_HELD: dict[str, IO] = {}  # copy folder -> its open .complete marker, shared-locked for this process's life
+
+
+def _hold(target: Path) -> bool:
+    """Keep a shared lock on a finished copy (eviction skips it) and record the use; False when it is gone."""
+    from tsweep.trainers.cache_locks import hold, touch
+
+    if str(target) not in _HELD:
+        handle = hold(target / DONE)
+        if handle is None:
+            return False
+        _HELD[str(target)] = handle
+    touch(target / DONE)
+    return True
 
 
 def is_uri(data_dir: str | os.PathLike) -> bool:
@@ -48,7 +64,7 @@ def local_data_dir(data_dir: str | os.PathLike, cache_dir: Path,
         raise SweepConfigError(f"data URI {uri} holds no files: pass a folder of class folders")
     key = hashlib.sha256(repr((uri, files)).encode()).hexdigest()[:24]
     target = cache_dir / "remote" / key
-    if (target / DONE).exists():
+    if (target / DONE).exists() and _hold(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / f"{key}.lock", "w") as lock:
@@ -61,5 +77,6 @@ def local_data_dir(data_dir: str | os.PathLike, cache_dir: Path,
             pafs.copy_files(root, str(tmp), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
             shutil.rmtree(target, ignore_errors=True)
             tmp.rename(target)
-            (target / DONE).touch()
+            (target / DONE).write_text(uri)  # `tsweep cache` shows the dataset's name
+    _hold(target)
     return target
