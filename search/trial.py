@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 ERROR_KEY = "tsweep_error"  # set in a trial's last report when it failed on its own (e.g. NaN loss)
+GATE_ENV = "TSWEEP_TRIAL_GATE"  # tests only: a Unix socket every trial checks in with after each epoch (check_in)
 
 
 def make_trainable(data_options: dict[str, Any], mixed_precision: bool = False,
@@ -60,6 +61,7 @@ def make_trainable(data_options: dict[str, Any], mixed_precision: bool = False,
             with tempfile.TemporaryDirectory(prefix="tsweep-ckpt-") as tmp:
                 save_checkpoint(tmp, model, history)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+            check_in(tune.get_context().get_trial_id(), history[-1]["epoch"])
 
         with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
             if resume_dir is not None:
@@ -73,6 +75,23 @@ def make_trainable(data_options: dict[str, Any], mixed_precision: bool = False,
                 tune.report({ERROR_KEY: str(e)})
 
     return tsweep_trial
+
+
+def check_in(trial_id: str, epoch: int) -> None:
+    """A test seam, inert unless $TSWEEP_TRIAL_GATE names a Unix socket: send it "<trial_id> <epoch>" and wait
+    for its answer. Called once `tune.report` of that epoch has returned, i.e. once the driver has recorded the
+    epoch and registered its checkpoint (a function trainable's report blocks until the driver asks for the
+    next result). Tests hold a trial at an epoch this way, until they answer or for good, instead of timing
+    against epochs (tests/fake_sweeps.py, TrialGate)."""
+    path = os.environ.get(GATE_ENV)
+    if not path:
+        return
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as gate:
+        gate.connect(path)
+        gate.sendall(f"{trial_id} {epoch}\n".encode())
+        gate.recv(1)  # the go-ahead, or the gate closing: blocks for as long as the test holds this trial
 
 
 # A reused worker (Ray Tune actor reuse) keeps the datasets it decoded: one per (size, data options).

@@ -1,14 +1,19 @@
 """Sweep folders written the way `tsweep run` writes them (records.write_sweep / atomic_write_json in the
-SweepRecorder's record format), without Ray: for leaderboard, report and predict tests.
+SweepRecorder's record format), without Ray: for leaderboard, report and predict tests. And TrialGate, which
+holds real trials of a real sweep at an epoch until a test lets them go.
 
 Not a test module (no test_ prefix): test files import its helpers.
 """
 
 from __future__ import annotations
 
+import shutil
+import socket
+import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tsweep.search.records import atomic_write_json, trial_path, write_sweep
 
@@ -77,3 +82,110 @@ def tiny_export(base: Path, shapes_dir: Path, cache_dir: Path) -> Path:
     write_fake_sweep(root, demo_trials(), sweep_info("tiny", data=data, max_epochs=4))
     export_winner(root, progress=lambda _line: None)
     return root
+
+
+class TrialGate:
+    """The test side of $TSWEEP_TRIAL_GATE (`tsweep.search.trial.check_in`): a Unix socket every trial of a sweep
+    started with `env` checks in with after each epoch but its last, once the driver has recorded that epoch and
+    its checkpoint. `hold(gate, trial_id, epoch)` decides, per check-in, whether the trial waits (until
+    `release`, or until it is killed) or goes on at once. Tests wait for check-ins (`wait_until`), not for time.
+
+    Args:
+        hold: the policy; `gate.check_ins` already ends with this check-in when it is called.
+    """
+
+    def __init__(self, hold: Callable[["TrialGate", str, int], bool]) -> None:
+        self._hold = hold
+        self._dir = Path(tempfile.mkdtemp(prefix="tsg", dir="/tmp"))  # short: a socket path must fit in 107 bytes
+        self.path = str(self._dir / "gate")
+        self.check_ins: list[tuple[str, int]] = []  # (trial id, epoch), in arrival order
+        self.held: dict[str, int] = {}  # trial id -> the epoch it waits at, while it waits
+        self._waiting: dict[str, socket.socket] = {}
+        self._exited: list[str] = []  # watched processes that ended
+        self._changed = threading.Condition()
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._server.bind(self.path)
+        self._server.listen(16)
+        self._thread = threading.Thread(target=self._serve, name="trial-gate", daemon=True)
+        self._thread.start()
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment a sweep's driver needs (local Ray's workers inherit it)."""
+        from tsweep.search.trial import GATE_ENV
+
+        return {GATE_ENV: self.path}
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:  # closed
+                return
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = conn.recv(256)
+                if not chunk:
+                    break
+                data += chunk
+            trial_id, epoch = data.decode().split()
+            with self._changed:
+                self.check_ins.append((trial_id, int(epoch)))
+                if self._hold(self, trial_id, int(epoch)):
+                    self.held[trial_id] = int(epoch)
+                    self._waiting[trial_id] = conn
+                else:
+                    _answer(conn)
+                self._changed.notify_all()
+
+    def watch(self, proc: Any, name: str = "the sweep") -> None:
+        """Make `wait_until` fail at once when `proc` (a Popen) ends instead of waiting out its timeout."""
+        def wait() -> None:
+            proc.wait()
+            with self._changed:
+                self._exited.append(f"{name} exited with {proc.returncode}")
+                self._changed.notify_all()
+
+        threading.Thread(target=wait, name="trial-gate-watch", daemon=True).start()
+
+    def wait_until(self, condition: Callable[["TrialGate"], bool], timeout: float, what: str) -> None:
+        """Block until `condition(gate)` holds after a check-in; AssertionError after `timeout` seconds or
+        when a watched process ended first."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: condition(self) or self._exited, timeout):
+                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; check-ins: {self.check_ins}")
+            if not condition(self):
+                raise AssertionError(f"{self._exited[0]} before {what}; check-ins: {self.check_ins}")
+
+    def release(self, trial_id: str) -> None:
+        """Let a held trial go on."""
+        with self._changed:
+            self.held.pop(trial_id, None)
+            _answer(self._waiting.pop(trial_id))
+
+    def close(self) -> None:
+        """Stop accepting check-ins and let every held trial go."""
+        try:
+            self._server.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._server.close()
+        self._thread.join(timeout=10)
+        with self._changed:
+            for trial_id in list(self._waiting):
+                self.release(trial_id)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> "TrialGate":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _answer(conn: socket.socket) -> None:
+    try:
+        conn.sendall(b"\n")
+    except OSError:  # the trial is gone (killed with its node or driver)
+        pass
+    conn.close()

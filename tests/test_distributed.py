@@ -11,12 +11,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.fake_sweeps import TrialGate
 from tsweep.search.sweep import SweepOptions, experiment_path
 from tsweep.search.tuner import SHIP_EXCLUDES, runtime_env_for, storage_path
 from tsweep.trainers.runtime import gpu_memory_limit_mb
@@ -129,38 +129,41 @@ def test_trials_spread_over_worker_nodes_with_gpu_fractions(cluster, shapes_dir,
 
 
 @pytest.mark.slow
-def test_killed_worker_node_trials_resume_from_checkpoints(cluster, shapes_dir, cache_dir, tmp_path):
+def test_killed_worker_node_trials_resume_from_checkpoints(cluster, shapes_dir, cache_dir, tmp_path, monkeypatch):
+    from tsweep.search.recorder import SweepRecorder
+    from tsweep.search.records import trial_path
     from tsweep.search.sweep import run_sweep
 
     c, workers = cluster
     root = tmp_path / "results" / "failover"
     killed: dict = {}
+    record_result = SweepRecorder.on_trial_result
 
-    def kill_a_busy_worker():
-        deadline = time.time() + 600
-        while time.time() < deadline and not killed:
-            for r in records(root):
-                if r["status"] == "running" and len(r["history"]) >= 2 and r["nodes"]:
-                    victim = next(w for w in workers if w.node_id[:12] == r["nodes"][-1])
-                    killed.update(trial=r["trial_id"], epoch=len(r["history"]), node=r["nodes"][-1])
-                    c.remove_node(victim)
-                    return
-            time.sleep(0.5)
+    def kill_its_node_at_epoch_2(self, iteration, trials, trial, result, **info):
+        """The driver's recorder, then the kill, triggered by the trial's own record: the first record saved
+        with 2 epochs removes the node that ran them. The trial cannot have gone further meanwhile: a function
+        trainable's report blocks until the driver asks for the next result, and the driver is here."""
+        record_result(self, iteration, trials, trial, result, **info)
+        record = json.loads(trial_path(self.root, trial.trial_id).read_text())
+        if not killed and record["status"] == "running" and len(record["history"]) == 2:
+            killed.update(trial=record["trial_id"], epoch=len(record["history"]), node=record["nodes"][-1])
+            c.remove_node(next(w for w in workers if w.node_id[:12] == record["nodes"][-1]))
 
-    watcher = threading.Thread(target=kill_a_busy_worker, daemon=True)
-    watcher.start()
+    monkeypatch.setattr(SweepRecorder, "on_trial_result", kill_its_node_at_epoch_2)
     opts = SweepOptions(data=str(shapes_dir), space=str(write_space(tmp_path, 6)), num_samples=2,
                         name="failover", results_dir=str(tmp_path / "results"), address=c.address,
                         cpus_per_trial=1, export=False, cache_dir=str(cache_dir), grace_period=6, max_failures=3)
     run_sweep(opts, progress=lambda line: None)
-    watcher.join(timeout=5)
-    assert killed, "no trial reached epoch 2 on a worker before the sweep ended"
+    assert killed["epoch"] == 2
     recs = {r["trial_id"]: r for r in records(root)}
     assert len(recs) == 2 and all(r["status"] == "completed" for r in recs.values())
     moved = recs[killed["trial"]]
     assert moved["nodes"][0] == killed["node"] and moved["nodes"][-1] != killed["node"]
+    assert moved["restarts"] >= 1
     assert moved["resumed_from"] and moved["resumed_from"][0] >= 1  # from its checkpoint, not epoch 0
     assert [h["epoch"] for h in moved["history"]] == [1, 2, 3, 4, 5, 6]  # no epoch lost or repeated
+    other = next(r for t, r in recs.items() if t != killed["trial"])
+    assert other["resumed_from"] == [] and other["nodes"] == [other["nodes"][0]] != [killed["node"]]
     print(f"\nmoved trial {killed['trial']} from node {killed['node']} at epoch {killed['epoch']}; "
           f"resumed from epoch {moved['resumed_from'][0]} on node {moved['nodes'][-1]}")
 
@@ -169,39 +172,78 @@ def tsweep_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "tsweep.search.cli", *args]
 
 
+def saved_trials(root: Path) -> dict[str, tuple[str, int | None]]:
+    """What `tsweep resume` restores: Ray's newest saved experiment state, as trial id -> (status, epoch of the
+    latest checkpoint it names). Read with the private classes tsweep.search.ray_state also reads it with."""
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    states = sorted(root.glob("experiment_state-*.json"))
+    try:
+        state = json.loads(states[-1].read_text()) if states else {"trial_data": []}
+    except ValueError:  # being copied
+        return {}
+    out = {}
+    for trial_json, metadata_json in state["trial_data"]:
+        trial = json.loads(trial_json)
+        latest = _TrainingRunMetadata.from_json_state(metadata_json).checkpoint_manager.latest_checkpoint_result
+        out[trial["trial_id"]] = (trial["status"], latest.metrics.get("epoch") if latest else None)
+    return out
+
+
+def wait_for_saved_state(root: Path, expected: dict[str, tuple[str, int | None]], timeout: float) -> None:
+    """Wait (bounded) until Ray's saved state shows `expected`. Ray copies its state from a background thread
+    after each step, so the copy can trail the records by a moment; the states waited for are final (a finished
+    trial stays finished, a held one cannot move), so this wait has no race to lose."""
+    deadline = time.monotonic() + timeout
+    while True:
+        saved = saved_trials(root)
+        if {t: saved.get(t) for t in expected} == expected:
+            return
+        assert time.monotonic() < deadline, f"Ray's saved state {saved} never showed {expected}"
+        time.sleep(0.1)
+
+
 @pytest.mark.slow
 def test_killed_driver_resumes_without_rerunning_finished_trials(shapes_dir, cache_dir, tmp_path):
+    """The first trial to report an epoch runs to its end; every other trial is held after its first epoch (its
+    record and checkpoint written). With two trials held the driver is killed: then one trial has finished,
+    two are mid-way with a checkpoint, and (two trials at a time) the fourth never started."""
     root = tmp_path / "results" / "killed"
     args = ["run", "--data", str(shapes_dir), "--space", str(write_space(tmp_path, 5)), "--name", "killed",
             "--results-dir", str(tmp_path / "results"), "--num-samples", "4", "--cpus-per-trial", "1",
             "--grace-period", "5", "--no-export", "--cache-dir", str(cache_dir)]
-    driver = subprocess.Popen(tsweep_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        recs = records(root)
-        ended = [r for r in recs if r["status"] in ("completed", "pruned")]
-        running = [r for r in recs if r["status"] == "running" and r["history"]]
-        if ended and running:
-            break
-        time.sleep(0.5)
+    with TrialGate(lambda gate, trial_id, epoch: trial_id != gate.check_ins[0][0]) as gate, \
+            open(tmp_path / "driver.log", "w") as log:
+        driver = subprocess.Popen(tsweep_cmd(*args), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                  env={**os.environ, **gate.env})
+        gate.watch(driver, "the driver")
+        try:
+            gate.wait_until(lambda g: len(g.held) >= 2, 600, "two trials held after their first epoch")
+            first, held = gate.check_ins[0][0], dict(gate.held)
+            assert set(held.values()) == {1} and first not in held
+            wait_for_saved_state(root, {first: ("TERMINATED", 5), **{t: ("RUNNING", 1) for t in held}}, 120)
+        finally:
+            os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started, at once
+            driver.wait()
     before = {r["trial_id"]: r for r in records(root)}
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started, at once
-    driver.wait()
     finished_before = {t: r for t, r in before.items() if r["status"] in ("completed", "pruned")}
-    assert finished_before, "no trial finished before the kill"
+    assert list(finished_before) == [first] and finished_before[first]["status"] == "completed"
+    for trial_id in held:
+        assert before[trial_id]["status"] == "running" and [h["epoch"] for h in before[trial_id]["history"]] == [1]
     assert json.loads((root / "sweep.json").read_text())["status"] == "running"  # nobody marked it
 
     out = subprocess.run(tsweep_cmd("resume", str(root), "--no-export"), capture_output=True, text=True,
                          timeout=900)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     after = {r["trial_id"]: r for r in records(root)}
-    assert len(after) == 4 and all(r["status"] in ("completed", "pruned") for r in after.values())
-    for trial_id, r in finished_before.items():  # finished trials were not run again
-        assert after[trial_id]["history"] == r["history"] and after[trial_id]["ended"] == r["ended"]
-    continued = [r for t, r in after.items() if t in before and t not in finished_before and r["resumed_from"]]
-    assert continued, "no interrupted trial continued from its checkpoint"
-    assert all([h["epoch"] for h in r["history"]] == list(range(1, len(r["history"]) + 1)) for r in continued)
+    assert len(after) == 4 and all(r["status"] == "completed" for r in after.values())
+    assert {k: after[first][k] for k in ("history", "ended")} == {k: before[first][k] for k in ("history", "ended")}
+    for trial_id in held:  # continued from its epoch-1 checkpoint: epoch 1 kept, no epoch lost or repeated
+        assert after[trial_id]["resumed_from"] == [1]
+        assert after[trial_id]["history"][0] == before[trial_id]["history"][0]
+        assert [h["epoch"] for h in after[trial_id]["history"]] == [1, 2, 3, 4, 5]
+    for trial_id in set(after) - set(held) - {first}:  # not held (never started, or on a bigger machine, mid-epoch)
+        assert [h["epoch"] for h in after[trial_id]["history"]] == [1, 2, 3, 4, 5]
     assert json.loads((root / "sweep.json").read_text())["status"] == "finished"
 
 

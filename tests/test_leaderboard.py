@@ -99,4 +99,9 @@ def test_records_atomic_and_unreadable_skipped(tmp_path):
         (tmp_path / "outer" / "x").mkdir(parents=True)
         atomic_write_json(tmp_path / "outer" / "x" / "sweep.json", {})
         sweep_dir(tmp_path / "outer")
-    assert math.isnan(TRIALS[4]["history"][1]["val_accuracy"])
+    # a NaN metric (a diverged epoch) survives the round trip, and the best epoch passes over it
+    atomic_write_json(tmp_path / "trials" / "e.json", TRIALS[4])
+    with pytest.warns(UserWarning, match="b.json"):
+        nan = next(r for r in read_trials(tmp_path) if r["trial_id"] == "t5")
+    assert math.isnan(nan["history"][1]["val_accuracy"]) and nan["history"][1]["val_loss"] == 0.1
+    assert leaderboard_rows([nan], Objective("val_accuracy"), [])[0]["best_epoch"] == 1

@@ -83,14 +83,21 @@ def photo_folder(tmp_path, shapes_dir) -> Path:
 
 
 def test_predict_images_skips_unreadable(export, photo_folder):
+    from tsweep.search.predict import load_export
+    from tsweep.trainers.images import decode_image
+
     images = expand_images([photo_folder])
     rows, skipped = predict_images(export, images, k=5, batch_size=2)
     assert [r[0] for r in rows] == [str(p) for p in images if p.name != "broken.jpg"]
     assert skipped == [(str(photo_folder / "broken.jpg"), skipped[0][1])] and skipped[0][1]
-    for _, preds in rows:
+    model, classes, size = load_export(export)
+    for path, preds in rows:
         assert len(preds) == 3  # k is capped at the number of classes
         probs = [p for _, p in preds]
         assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1.0, abs=1e-4)
+        # what the model says of this image alone (batches of 2 with a broken file: a padded, partial batch)
+        alone = model.predict(decode_image(Path(path), size)[None].astype("float32"), verbose=0)[0]
+        assert dict(preds) == pytest.approx(dict(zip(classes, alone.tolist())), abs=1e-5), path
     with pytest.raises(SweepConfigError, match="cannot read image .*broken.jpg"):
         predict_files(export, images)
 
@@ -103,8 +110,11 @@ def test_predict_command_folder_json_and_plot(export, photo_folder, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     rows = json.loads(out.stdout)  # warnings and the plot's path go to stderr
     assert [Path(r["image"]).parent.name for r in rows] == ["circles", "circles", "squares", "squares"]
-    assert all(len(r["predictions"]) == 2 for r in rows)
-    assert all({p["class"] for p in r["predictions"]} <= {"circles", "squares", "triangles"} for r in rows)
+    library, _ = predict_images(export, expand_images([photo_folder]), k=2)  # what the CLI prints is this
+    assert [r["image"] for r in rows] == [path for path, _ in library]
+    for row, (_, preds) in zip(rows, library):
+        assert [p["class"] for p in row["predictions"]] == [c for c, _ in preds]
+        assert [p["probability"] for p in row["predictions"]] == pytest.approx([p for _, p in preds], abs=1e-6)
     assert "tsweep: warning: skipped 1 unreadable image(s)" in out.stderr and "broken.jpg" in out.stderr
     with Image.open(plot) as image:
         assert image.format == "PNG" and image.width > 600 and image.height > 150

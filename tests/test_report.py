@@ -12,6 +12,7 @@ import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -82,11 +83,46 @@ def png_bytes(src: str) -> bytes:
 
 
 # -- the numbers ------------------------------------------------------------------------------------------
-def test_asha_rungs_match_ray():
-    assert stats.asha_rungs(1, 3, 12) == [1, 3, 9]
-    assert stats.asha_rungs(1, 2, 4) == [1, 2]
-    assert stats.asha_rungs(2, 2, 4) == [2]
-    assert stats.asha_rungs(1, 3, 1) == [] and stats.asha_rungs(0, 3, 9) == []
+def ray_stop_epochs(grace_period: int, reduction_factor: int, max_t: int) -> list[int]:
+    """The epochs below max_t at which Ray's own ASHA, built as tsweep builds it (`tuner.make_scheduler`), stops
+    a trial that falls behind. For each epoch e a fresh scheduler sees a leader report 1.0 every epoch and a
+    follower tie it until it drops to 0.0 at epoch e: Ray compares trials only at a rung, so the follower is
+    stopped at e exactly when e is one (at max_t Ray stops every trial, which is no rung)."""
+    from ray.tune.schedulers import TrialScheduler
+
+    from tsweep.search.tuner import make_scheduler
+
+    stops = []
+    for drop in range(1, max_t):
+        scheduler = make_scheduler(max_t, grace_period, reduction_factor)
+        scheduler.set_search_properties("val_accuracy", "max")
+        leader, follower = SimpleNamespace(trial_id="leader"), SimpleNamespace(trial_id="follower")
+        for trial in (leader, follower):
+            scheduler.on_trial_add(None, trial)
+        for epoch in range(1, drop + 1):
+            ahead = scheduler.on_trial_result(None, leader, {"training_iteration": epoch, "val_accuracy": 1.0})
+            assert ahead == TrialScheduler.CONTINUE, (grace_period, reduction_factor, max_t, epoch)
+            value = 0.0 if epoch == drop else 1.0
+            decision = scheduler.on_trial_result(None, follower, {"training_iteration": epoch, "val_accuracy": value})
+        if decision == TrialScheduler.STOP:
+            stops.append(drop)
+    return stops
+
+
+@pytest.mark.parametrize("grace_period", [1, 2, 3, 5])
+@pytest.mark.parametrize("reduction_factor", [2, 3, 4])
+def test_asha_rungs_match_ray(grace_period, reduction_factor):
+    # max_t below the grace period too: tsweep clamps the grace period to max_t as make_scheduler does
+    for max_t in [*range(1, 19), 24, 25, 27, 32, 36]:
+        expected = ray_stop_epochs(grace_period, reduction_factor, max_t)
+        assert stats.asha_rungs(grace_period, reduction_factor, max_t) == expected, max_t
+    # the probe does find Ray's rungs (the comparison above is not [] == [] throughout)
+    assert ray_stop_epochs(grace_period, reduction_factor, grace_period * reduction_factor + 1)[0] == grace_period
+
+
+def test_asha_rungs_of_settings_ray_refuses():
+    # check_options never lets these through to Ray (whose scheduler asserts on them); the report shows no rungs
+    assert stats.asha_rungs(0, 3, 9) == [] and stats.asha_rungs(1, 1, 9) == []
 
 
 def test_spearman():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tsweep.errors import SweepConfigError
@@ -62,8 +63,11 @@ def test_compiles_to_ray_param_space(tmp_path):
     integer = ray_space["freeze_cutoff"]
     assert isinstance(integer, Integer) and (integer.lower, integer.upper) == (10, 18)  # upper exclusive
     assert ray_space["backbone"] == "mobilenet_v2" and ray_space["augmentation"] == "light"
-    samples = [ray_space["freeze_cutoff"].sample() for _ in range(200)]
-    assert min(samples) >= 10 and max(samples) == 17
+    samples = ray_space["freeze_cutoff"].sample(size=400, random_state=0)  # seeded: the same draws every run
+    assert set(samples) == set(range(10, 18))  # both ends reachable, nothing outside [10, 17]
+    rates = ray_space["learning_rate"].sample(size=400, random_state=0)
+    decades = np.histogram(np.log10(rates), bins=3, range=(-5, -2))[0]  # log-uniform: about a third per decade
+    assert min(rates) >= 1e-5 and max(rates) <= 1e-2 and all(90 < n < 180 for n in decades), decades
 
 
 def test_compiles_to_keras_tuner_hyperparameters(tmp_path):
@@ -80,9 +84,15 @@ def test_compiles_to_keras_tuner_hyperparameters(tmp_path):
 
 def test_samples_are_valid_configs(tmp_path):
     space = load_space(write(tmp_path, GOOD))
-    for seed in range(20):
-        config = TrialConfig.from_dict(space.sample(seed))
+    samples = [space.sample(seed) for seed in range(40)]
+    assert space.sample(7) == samples[7]  # a seed gives the same config again
+    for sample in samples:
+        config = TrialConfig.from_dict(sample)
         assert 10 <= config.freeze_cutoff <= 17 and 1e-5 <= config.learning_rate <= 1e-2
+        assert sample["head_size"] in (0, 16) and sample["optimizer"] in ("adam", "sgd")
+        assert (sample["backbone"], sample["image_size"], sample["augmentation"]) == ("mobilenet_v2", 32, "light")
+    for key in space.sampled:  # every sampled key really varies across seeds
+        assert len({sample[key] for sample in samples}) > 1, key
 
 
 @pytest.mark.parametrize("text, words", [
