@@ -100,7 +100,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from tsweep.search.export import export_winner
 
-    out = export_winner(Path(args.sweep), trial_id=args.trial, full_data=args.full_data, progress=log)
+    out = export_winner(Path(args.sweep), trial_id=args.trial, retrain=not args.from_trial, progress=log)
     log(f"exported to {out}")
     return 0
 
@@ -219,10 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--max-images", type=int, default=8, help="misclassified images shown (default: 8)")
     report.set_defaults(func=cmd_report)
 
-    export = sub.add_parser("export", help="retrain the winner (or --trial) and export it")
+    export = sub.add_parser("export", help="export the winner (or --trial): retrained on train + validation for "
+                            "its best epoch count, or its best checkpoint as it is (--from-trial)")
     export.add_argument("sweep", help="results/<name>")
     export.add_argument("--trial", help="trial id to export instead of the best")
-    export.add_argument("--full-data", action="store_true", help="train on train + validation")
+    export.add_argument("--from-trial", action="store_true",
+                        help="export the trial's best checkpoint as it is, with no retraining")
     export.set_defaults(func=cmd_export)
 
     predict = sub.add_parser("predict", help="classify images with an export")

@@ -1,12 +1,18 @@
-"""Retrain a sweep's winner from scratch with the same trainer (no Ray) and export it.
+"""Export a sweep's winner: retrained on train + validation with what its trial learned, or its checkpoint.
 
-`results/<name>/export/` gets `model.keras`, a TF SavedModel in `model.export/`, `labels.json`,
-`config.json`, `metrics.json` and `MODEL_CARD.md`. The export is written to a temporary folder and swapped
-in at the end, so a failed export never leaves half a model behind or destroys the previous one.
+By default the winner is retrained (no Ray) on train + validation for the number of epochs its trial found
+best, on the feature cache and views like the trials, and evaluated on the test split where there is one: the
+sweep already measured the config on validation, so the export trains on data it has not trained on before
+instead of repeating the trial. `retrain=False` (`tsweep export --from-trial`) exports the trial's best
+checkpoint as it is. `results/<name>/export/` gets `model.keras`, a TF SavedModel in `model.export/`,
+`labels.json`, `config.json`, `metrics.json` and `MODEL_CARD.md`. The export is written to a temporary
+folder and swapped in at the end, so a failed export never leaves half a model behind or destroys the
+previous one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -34,47 +40,82 @@ def pick_trial(trials: list[dict], objective: Objective, trial_id: str | None = 
     return min(scored, key=lambda s: s[:2])[2]
 
 
-def export_winner(root: str | Path, trial_id: str | None = None, full_data: bool = False,
+def export_winner(root: str | Path, trial_id: str | None = None, retrain: bool = True,
                   progress: Callable[[str], None] = print) -> Path:
-    """Retrain the chosen trial's config for its full epoch budget and export it.
-
-    The exported weights are those of the epoch with the best validation metric (as Keras's
-    ModelCheckpoint(save_best_only=True) keeps them in the classic guides); with `full_data` there is no
-    validation split, so the last epoch's weights are kept.
+    """Export the chosen trial: retrained on train + validation for its best epoch count, or its checkpoint.
 
     Args:
         root: the sweep folder (results/<name>).
         trial_id: export this trial instead of the best one; default None.
-        full_data: train on train + validation (validation metrics are then not reported).
+        retrain: True (default): train the config from scratch on train + validation for as many epochs as
+            its trial needed to reach its best validation metric (the sweep's epoch choice, as
+            ModelCheckpoint(save_best_only) makes it), then evaluate on the test split if any. False: the
+            trial's best checkpoint, evaluated on validation and test, with no training.
         progress: where progress lines go.
 
     Returns the export folder.
+
+    Raises:
+        SweepConfigError: no such trial, no trial with the metric, or (retrain=False) no checkpoint of it.
     """
     from tsweep.spaces.config import TrialConfig
     from tsweep.trainers.data import load_dataset
     from tsweep.trainers.runtime import configure_tensorflow
-    from tsweep.trainers.train import evaluate, train
+    from tsweep.trainers.train import evaluate
 
     root = Path(root)
     info = read_sweep(root)
     objective = Objective(info["metric"], info["mode"])
     trial = pick_trial(read_trials(root), objective, trial_id)
+    epoch, value = objective.best_epoch(trial.get("history", []))
+    if epoch is None:
+        raise SweepConfigError(f"trial {trial['trial_id']} has not reported {objective.metric}: nothing to export "
+                               "from it; pick another with --trial")
     config = TrialConfig.from_dict(trial["config"], f"trial {trial['trial_id']}")
+    checkpoint = None if retrain else best_checkpoint(info, trial, objective)
     configure_tensorflow()
     data = load_dataset(image_size=config.image_size, progress=progress, **info["data"])
-    epoch, value = objective.best_epoch(trial.get("history", []))
-    progress(f"retraining trial {trial['trial_id']} ({objective.metric} {value:.4g} at epoch {epoch} in the "
-             f"sweep) for {config.epochs} epochs{' on train+validation' if full_data else ''}")
     started = time.time()
+    if retrain:
+        result = retrain_winner(config, epoch, data, info, progress)
+    else:
+        from tsweep.trainers.checkpoint import load_checkpoint
+        from tsweep.trainers.train import TrainResult
 
-    best: dict = {}  # the epoch and weights with the best validation metric (ModelCheckpoint(save_best_only))
+        progress(f"exporting the checkpoint of epoch {epoch} of trial {trial['trial_id']} ({objective.metric} "
+                 f"{value:.4g}) as it is")
+        model, history = load_checkpoint(checkpoint, config, data.num_classes)
+        result = TrainResult(model, config, data.class_names, history)
+    has_val = len(data.y_val) > 0
+    metrics: dict = {"trial_id": trial["trial_id"], "sweep_best": {objective.metric: value, "epoch": epoch},
+                     "retrained": retrain, "full_data": retrain and has_val,
+                     "train_seconds": round(time.time() - started, 1),
+                     "kept_epoch": len(result.history), "history": result.history}
+    if checkpoint is not None:
+        metrics["checkpoint"] = str(checkpoint)
+    if not metrics["full_data"] and has_val:
+        metrics["validation"] = evaluate(result.model, data.x_val, data.y_val)
+    if data.x_test is not None:
+        metrics["test"] = evaluate(result.model, data.x_test, data.y_test)
+    for split in ("validation", "test"):
+        if split in metrics:
+            progress(f"  {split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics[split].items()))
+    return write_export(root, result, data, metrics, info)
+
+
+def retrain_winner(config: Any, epochs: int, data: Any, info: dict, progress: Callable[[str], None]) -> Any:
+    """Train `config` from scratch on train + validation for `epochs` epochs (its trial's best epoch), with the
+    sweep's feature-cache settings; returns the TrainResult."""
+    from tsweep.trainers.train import train
+
+    cfg = dataclasses.replace(config, epochs=epochs, warmup_epochs=min(config.warmup_epochs, epochs))
+    where = "train + validation" if len(data.y_val) else "train (there is no validation split)"
+    progress(f"retraining the winner on {where} for {epochs} epochs (its best epoch in the sweep)")
 
     def on_epoch(history: list, model: Any) -> None:
         row = history[-1]
-        shown = ", ".join(f"{k} {row[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in row)
-        progress(f"  epoch {row['epoch']}/{config.epochs} ({row['phase']}): {shown}")
-        if objective.metric in row and ("value" not in best or objective.better(row[objective.metric], best["value"])):
-            best.update(epoch=row["epoch"], value=row[objective.metric], weights=model.get_weights())
+        shown = ", ".join(f"{k} {row[k]:.4f}" for k in ("loss", "accuracy") if k in row)
+        progress(f"  epoch {row['epoch']}/{epochs} ({row['phase']}): {shown}")
 
     opts = info.get("options", {})
     cache = None
@@ -83,21 +124,31 @@ def export_winner(root: str | Path, trial_id: str | None = None, full_data: bool
 
         cache = default_feature_cache(info["data"].get("cache_dir"),
                                       dtype="float16" if opts.get("cache_float16") else "float32")
-    result = train(config, data, on_epoch=on_epoch, full_data=full_data, feature_cache=cache)
-    if best:  # without validation (--full-data) the last epoch's weights stay
-        result.model.set_weights(best["weights"])
-        progress(f"  keeping the weights of epoch {best['epoch']} (best {objective.metric} {best['value']:.4f})")
-    metrics: dict = {"trial_id": trial["trial_id"], "sweep_best": {objective.metric: value, "epoch": epoch},
-                     "full_data": full_data, "train_seconds": round(time.time() - started, 1),
-                     "kept_epoch": best.get("epoch", config.epochs), "history": result.history}
-    if not full_data and len(data.y_val):
-        metrics["validation"] = evaluate(result.model, data.x_val, data.y_val)
-    if data.x_test is not None:
-        metrics["test"] = evaluate(result.model, data.x_test, data.y_test)
-    for split in ("validation", "test"):
-        if split in metrics:
-            progress(f"  {split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics[split].items()))
-    return write_export(root, result, data, metrics, info)
+    return train(cfg, data, on_epoch=on_epoch, full_data=True, feature_cache=cache)
+
+
+def best_checkpoint(info: dict, trial: dict, objective: Objective) -> Path:
+    """The trial's kept checkpoint with the best metric (Ray keeps the best and the latest per trial).
+
+    Raises:
+        SweepConfigError: the sweep's storage is not a local folder, or the trial has no checkpoint there.
+    """
+    from tsweep.trainers.checkpoint import STATE_FILE
+    from tsweep.trainers.remote import is_uri
+
+    experiment = info.get("experiment", "")
+    if is_uri(experiment):
+        raise SweepConfigError(f"--from-trial reads checkpoints from a local folder; this sweep's storage is "
+                               f"{experiment}: copy {experiment}/{trial['trial_id']} to a local folder first")
+    folder = Path(experiment) / trial["trial_id"]
+    kept = []
+    for state in sorted(folder.glob(f"checkpoint_*/{STATE_FILE}")):
+        history = json.loads(state.read_text()).get("history") or [{}]
+        kept.append((objective.sort_key(history[-1].get(objective.metric)), state.parent))
+    if not kept:
+        raise SweepConfigError(f"trial {trial['trial_id']} has no checkpoint in {folder}: export it without "
+                               "--from-trial (retraining it)")
+    return min(kept)[1]
 
 
 def write_export(root: Path, result: object, data: object, metrics: dict, info: dict) -> Path:

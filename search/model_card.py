@@ -11,13 +11,22 @@ def _metric_lines(metrics: dict) -> list[str]:
         if split in metrics:
             values = ", ".join(f"{k} {v:.4f}" for k, v in metrics[split].items())
             lines.append(f"- {split}: {values}")
-    if "kept_epoch" in metrics:
-        lines.append(f"- weights of epoch {metrics['kept_epoch']} of {len(metrics.get('history', []))} "
-                     "(the best on validation; the last one when trained on train + validation)")
+    if "test" not in metrics and metrics.get("full_data"):
+        lines.append("- no held-out split: the dataset has no test folder, and validation was trained on; the "
+                     "sweep's figures below are those of the trial that chose this config")
     best = metrics.get("sweep_best", {})
     shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in best.items())
-    lines.append(f"- during the sweep: {shown}")
+    lines.append(f"- during the sweep (trial {metrics.get('trial_id')}, on validation): {shown}")
     return lines
+
+
+def _how_trained(metrics: dict) -> str:
+    if not metrics.get("retrained", True):
+        return (f"exported from its trial's best checkpoint (epoch {metrics.get('kept_epoch')}), as it is, "
+                "with no retraining")
+    on = "train + validation" if metrics.get("full_data") else "train"
+    return (f"retrained from scratch on {on} for {metrics.get('kept_epoch')} epochs, the epoch at which its "
+            "trial reached its best validation score")
 
 
 def model_card(result: Any, data: Any, metrics: dict, info: dict) -> str:
@@ -27,8 +36,7 @@ def model_card(result: Any, data: Any, metrics: dict, info: dict) -> str:
     size = config["image_size"]
     return f"""# Model card: {info.get('name', 'tsweep sweep')} winner (trial {metrics['trial_id']})
 
-Transfer model found by a transfer-sweep (`tsweep`) hyperparameter sweep and retrained from
-scratch for its full budget{' on train + validation' if metrics.get('full_data') else ''}.
+Transfer model found by a transfer-sweep (`tsweep`) hyperparameter sweep, {_how_trained(metrics)}.
 
 ## Data
 - source: `{data.source}`

@@ -95,8 +95,8 @@ def evaluation_blocks(ev: Evaluation, figures: Figures, full_data: bool) -> list
     n = len(ev.class_names)
     matrices = {split: stats.confusion_matrix(y, probs.argmax(axis=-1), n)
                 for split, (_, y, probs) in ev.splits.items()}
-    blocks = [note("The winner was trained on train + validation (--full-data): its validation scores are "
-                   "optimistic; trust the test split.")] if full_data else []
+    blocks = [note("The winner was retrained on train + validation: its validation scores are optimistic; "
+                   "trust the test split.")] if full_data else []
     blocks.append(figures.add("confusion", plots.confusion_png(matrices, ev.class_names), "confusion matrices",
                               "Rows: true class; columns: predicted class."))
     for split, cm in matrices.items():

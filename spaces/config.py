@@ -41,6 +41,9 @@ class TrialConfig:
     warmup_epochs: int = 2  # head-only epochs on a fully frozen base before unfreezing above the cutoff
     warmup_learning_rate: float = 1e-3  # Adam's rate during warm-up (the classic recipe's default)
     augmentation: str = "none"  # none, light or strong: Keras preprocessing layers inside the model
+    augmentation_views: int = 4  # augmented configs with a frozen prefix train on this many fixed augmented
+    #                              views per image, cached as features (benchmarks/README.md); 0 = a new random
+    #                              view every epoch, end to end
     # --- budget --------------------------------------------------------------------------------------
     epochs: int = 12  # total epochs, warm-up included; ASHA's max_t
     batch_size: int = 32
@@ -134,11 +137,13 @@ RANGES = (
     ("warmup_epochs", 0, 10000),
     ("epochs", 1, 10000),
     ("batch_size", 1, 65536),
+    ("augmentation_views", 0, 1024),
     ("seed", 0, 2**31 - 1),
 )
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrialConfig)}
-_INT_KEYS = {"image_size", "head_size", "freeze_cutoff", "warmup_epochs", "epochs", "batch_size", "seed"}
+_INT_KEYS = {"image_size", "head_size", "freeze_cutoff", "warmup_epochs", "epochs", "batch_size", "seed",
+             "augmentation_views"}
 _FLOAT_KEYS = {"alpha", "dropout", "freeze_fraction", "learning_rate", "warmup_learning_rate", "momentum",
                "weight_decay"}
 

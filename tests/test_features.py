@@ -39,7 +39,6 @@ def data(shapes_dir, cache_dir) -> Dataset:
 def test_cached_training_equals_end_to_end(data, tmp_path, changes):
     # Same seed => same weights, same Dropout masks (dropout 0.3, the layer's own seed generator) and the
     # same batches: both call fit(shuffle=True) per epoch, whose permutation depends on the seed and N only.
-    from tsweep.trainers.cached_train import train_cached
     from tsweep.trainers.checkpoint import load_checkpoint, save_checkpoint
     from tsweep.trainers.train import train
 
@@ -47,7 +46,7 @@ def test_cached_training_equals_end_to_end(data, tmp_path, changes):
     seen = []
     reference = train(cfg, data)
     cache = FeatureCache(tmp_path / "features", 10**8)
-    cached = train_cached(cfg, data, cache=cache, on_epoch=lambda h, m: seen.append((len(h), m.name)))
+    cached = train(cfg, data, feature_cache=cache, on_epoch=lambda h, m: seen.append((len(h), m.name)))
 
     assert [h["phase"] for h in cached.history] == [h["phase"] for h in reference.history]
     assert [set(h) for h in cached.history] == [set(h) for h in reference.history]
@@ -77,7 +76,7 @@ def test_augmented_trial_validates_on_cached_features(data, tmp_path):
     # matches fit's own validation, epoch by epoch, through warm-up and fine-tuning.
     from tsweep.trainers.train import train
 
-    cfg = config(freeze_cutoff=12, epochs=3, augmentation="light")
+    cfg = config(freeze_cutoff=12, epochs=3, augmentation="light", augmentation_views=0)  # online augmentation
     reference = train(cfg, data)
     cache = FeatureCache(tmp_path / "features", 10**8)
     cached = train(cfg, data, feature_cache=cache)
@@ -96,7 +95,8 @@ def test_can_use_cache():
     from tsweep.trainers.cached_train import can_use_cache
 
     assert can_use_cache(config(freeze_cutoff=12)) and can_use_cache(config())  # default cutoff = all frozen
-    assert not can_use_cache(config(freeze_cutoff=12, augmentation="light"))
+    assert not can_use_cache(config(freeze_cutoff=12, augmentation="light", augmentation_views=0))
+    assert can_use_cache(config(freeze_cutoff=12, augmentation="light", augmentation_views=2))
     assert not can_use_cache(config(freeze_cutoff=0))
     assert not can_use_cache(config(backbone="efficientnet_b0", alpha=1.0))
 
@@ -216,41 +216,105 @@ def test_feature_keys_never_reuse_stale_features(shapes_dir, tmp_path):
     assert seeds == [6, 7, 6]
 
 
+class SignalledFlock:
+    """Stands in for the `fcntl` module inside tsweep.trainers.features: an exclusive flock first tries without
+    blocking and, when another holder has the lock, calls `on_wait()` before it blocks. So a racer says that it
+    found the entry's lock held and waits, and the test needs no sleep to make the racers overlap."""
+
+    def __init__(self, on_wait):
+        import fcntl
+
+        self._fcntl, self._on_wait = fcntl, on_wait
+
+    def __getattr__(self, name):
+        return getattr(self._fcntl, name)
+
+    def flock(self, fd, operation):
+        if operation == self._fcntl.LOCK_EX:
+            try:
+                return self._fcntl.flock(fd, operation | self._fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._on_wait()
+        return self._fcntl.flock(fd, operation)
+
+
 _RACER = """
-import sys, time, numpy as np
-from tsweep.trainers.features import FeatureCache
-def compute():
-    open(sys.argv[2] + "/computed-%d" % time.time_ns(), "w").close()
-    time.sleep(1.0)
+import sys
+import numpy as np
+from tsweep.trainers import features
+{spy}
+def compute():  # only a racer that did not wait for the lock gets here
+    open(sys.argv[2] + "/computed-" + sys.argv[3], "w").close()
     return np.arange(1000, dtype="float32")
-print(FeatureCache(sys.argv[1], 0).get_or_compute({"race": 1}, compute).sum())
+features.fcntl = SignalledFlock(lambda: print("waiting", flush=True))
+print(features.FeatureCache(sys.argv[1], 0).get_or_compute({{"race": 1}}, compute).sum(), flush=True)
 """
 
 
-def test_racing_threads_and_processes_compute_once(tmp_path):
-    marks = tmp_path / "marks"
+def test_racing_threads_and_processes_compute_once(tmp_path, monkeypatch):
+    """One racer computes while it holds the entry's lock; a thread and two processes find the lock held, wait
+    for it, then read the stored array instead of computing it again."""
+    import inspect
+    import queue
+
+    from tsweep.trainers import features
+
+    marks, expected = tmp_path / "marks", np.arange(1000, dtype="float32")
     marks.mkdir()
-    procs = [subprocess.Popen([sys.executable, "-c", _RACER, str(tmp_path / "cache"), str(marks)],
-                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    events: queue.Queue = queue.Queue()  # (racer, "waiting" or what it finally printed / returned)
+    monkeypatch.setattr(features, "fcntl", SignalledFlock(lambda: events.put(("thread", "waiting"))))
     cache = FeatureCache(tmp_path / "cache", 10**6)
-    results = []
+    computing, finish = threading.Event(), threading.Event()
+    results = {}
 
-    def compute():
-        (marks / f"computed-{time.time_ns()}").touch()
-        time.sleep(1.0)
-        return np.arange(1000, dtype="float32")
+    def compute_holding_the_lock():
+        (marks / "computed-first").touch()
+        computing.set()
+        assert finish.wait(120), "the other racers never all waited"
+        return expected
 
-    threads = [threading.Thread(target=lambda: results.append(cache.get_or_compute({"race": 1}, compute)))
-               for _ in range(2)]
-    for t in threads:
+    def compute():  # only a racer that did not wait for the lock gets here
+        (marks / "computed-thread").touch()
+        return expected
+
+    def race(name, fn):
+        results[name] = cache.get_or_compute({"race": 1}, fn)
+        events.put((name, "returned"))
+
+    def relay(name, stream):  # a racer process's lines
+        for line in stream:
+            events.put((name, line.strip()))
+
+    first = threading.Thread(target=race, args=("first", compute_holding_the_lock))
+    first.start()
+    assert computing.wait(60), "the first racer never started computing"
+    racers = [threading.Thread(target=race, args=("thread", compute))]
+    procs = [subprocess.Popen([sys.executable, "-c", _RACER.format(spy=inspect.getsource(SignalledFlock)),
+                               str(tmp_path / "cache"), str(marks), f"process-{i}"], stdout=subprocess.PIPE, text=True)
+             for i in range(2)]
+    racers += [threading.Thread(target=relay, args=(f"process-{i}", proc.stdout)) for i, proc in enumerate(procs)]
+    for t in racers:
         t.start()
-    for t in threads:
-        t.join()
-    outputs = [p.communicate(timeout=60)[0].strip() for p in procs]
-    assert len(list(marks.iterdir())) == 1
-    assert outputs == [str(np.arange(1000, dtype="float32").sum())] * 2
-    for r in results:
-        np.testing.assert_array_equal(r, np.arange(1000))
+    try:
+        arrived = [events.get(timeout=120) for _ in range(3)]  # one event from each of the three racers
+    finally:
+        finish.set()  # the first racer stores its array and lets go of the lock
+    first.join(60)
+    for t in racers:
+        t.join(60)
+    assert all(proc.wait(60) == 0 for proc in procs)
+    last = {}
+    while not events.empty():
+        who, what = events.get()
+        last[who] = what
+    assert sorted(arrived) == [("process-0", "waiting"), ("process-1", "waiting"), ("thread", "waiting")]
+    assert [p.name for p in marks.iterdir()] == ["computed-first"]  # computed once, by the lock's holder
+    assert cache.stats["computed"] == 1
+    assert last == {"first": "returned", "thread": "returned", "process-0": str(expected.sum()),
+                               "process-1": str(expected.sum())}
+    for r in results.values():
+        np.testing.assert_array_equal(r, expected)
+    assert sorted(results) == ["first", "thread"]
 
 
 # ---- (d) memory budget, spilling, float16 ----------------------------------------------------------------

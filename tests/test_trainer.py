@@ -9,6 +9,8 @@ from tsweep.errors import TrialError
 from tsweep.spaces.config import TrialConfig
 from tsweep.trainers.data import Dataset, load_dataset
 
+pytestmark = pytest.mark.numerics  # float equivalences and NaN checks: run under oneDNN too
+
 TINY = dict(backbone="mobilenet_v2", alpha=0.35, weights="none", image_size=32, batch_size=16, epochs=3,
             warmup_epochs=1, head_size=8, dropout=0.1, learning_rate=1e-3)
 
@@ -135,13 +137,73 @@ def test_checkpoint_round_trip_and_a_checkpoint_of_another_config(data, tmp_path
         load_checkpoint(tmp_path / "ckpt", config(freeze_cutoff=14, head_size=7), data.num_classes)
 
 
-def test_nan_loss_is_a_trial_error_naming_the_rate(data):
+def _poisoned_epochs(monkeypatch, poison):
+    """Make every epoch of train() end with `poison(model, metrics)` applied, whatever the kernels compute:
+    NaN is injected directly, not hoped for from a kernel (oneDNN's min/max turn NaN into finite numbers)."""
+    from tsweep.trainers import train as train_module
+
+    real = train_module.fit_epoch
+
+    def fit_epoch(model, *args, **kwargs):
+        metrics = real(model, *args, **kwargs)
+        poison(model, metrics)
+        return metrics
+
+    monkeypatch.setattr(train_module, "fit_epoch", fit_epoch)
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["end_to_end", "cached"])
+def test_nan_loss_is_a_trial_error_naming_the_rate(data, monkeypatch, tmp_path, cached):
+    from tsweep.trainers.features import FeatureCache
     from tsweep.trainers.train import train
 
-    broken = Dataset(data.class_names, np.full_like(data.x_train, np.inf, dtype="float32"), data.y_train,
-                     data.x_val, data.y_val, None, None, 32, "broken", (), False)
-    with pytest.raises(TrialError, match="loss became nan at epoch 1.*lower `learning_rate`"):
-        train(config(freeze_cutoff=17, epochs=2), broken)
+    _poisoned_epochs(monkeypatch, lambda model, metrics: metrics.update(loss=float("nan")))
+    cache = FeatureCache(tmp_path / "f", 10**8) if cached else None
+    with pytest.raises(TrialError, match=r"loss became nan at epoch 1 \(features phase, adam at learning_rate "
+                                         r"0.003\): lower `learning_rate`"):
+        train(config(freeze_cutoff=17, epochs=2, learning_rate=3e-3), data, feature_cache=cache)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_nonfinite_weight_with_a_finite_loss_is_a_trial_error(data, monkeypatch, tmp_path, value):
+    # A finite loss does not prove a sane model: a weight gone NaN/inf after the epoch ends the trial too,
+    # naming the weight, the phase and the optimizer that ran it.
+    from tsweep.trainers.features import FeatureCache
+    from tsweep.trainers.train import train
+
+    def poison(model, metrics):
+        if len(seen) == 1:  # after the second epoch, the first of the fine-tune phase
+            kernel = model.get_layer("hidden").kernel
+            kernel.assign(np.where(np.arange(kernel.shape[1]) == 3, value, np.asarray(kernel)))
+        seen.append(metrics["loss"])
+
+    seen: list = []
+    _poisoned_epochs(monkeypatch, poison)
+    with pytest.raises(TrialError, match=r"weight .*hidden/kernel became NaN or infinite at epoch 2 \(finetune "
+                                         r"phase, sgd at learning_rate 0.01\): lower `learning_rate`"):
+        train(config(freeze_cutoff=14, epochs=3, warmup_epochs=1, optimizer="sgd", learning_rate=0.01), data,
+              feature_cache=FeatureCache(tmp_path / "f", 10**8))
+    assert len(seen) == 2 and all(np.isfinite(seen))  # the loss itself stayed finite
+
+
+def test_the_warmup_phase_names_its_own_rate(data, monkeypatch):
+    from tsweep.trainers.train import train
+
+    _poisoned_epochs(monkeypatch, lambda model, metrics: metrics.update(loss=float("inf")))
+    with pytest.raises(TrialError, match=r"loss became inf at epoch 1 \(warmup phase, adam at learning_rate "
+                                         r"0.02\): lower `warmup_learning_rate`"):
+        train(config(freeze_cutoff=14, epochs=2, warmup_epochs=1, optimizer="sgd", warmup_learning_rate=0.02), data)
+
+
+def test_first_nonfinite_weight_finds_the_weight(data):
+    from tsweep.trainers.model import build_model
+    from tsweep.trainers.train import first_nonfinite_weight
+
+    model = build_model(config(freeze_cutoff=17), data.num_classes)
+    assert first_nonfinite_weight(model) is None
+    bias = model.get_layer("probabilities").bias
+    bias.assign(np.array([0.0, np.inf, 0.0], dtype="float32"))
+    assert first_nonfinite_weight(model) == bias.path
 
 
 def test_full_data_trains_on_train_and_val(data):

@@ -1,39 +1,34 @@
-"""Train one config on cached frozen-prefix features: same phases, metrics and result as `trainers.train.train`.
+"""Frozen-prefix activations for training on cache: their keys, and how a trial's stages find or make them.
 
-Below its freeze cutoff the backbone is a fixed function for a config without augmentation (its weights
-are frozen and BatchNormalization always runs in inference mode, see `trainers.model.set_cutoff`), so its
-output is computed once per (backbone, alpha, weights, image size, cutoff, dataset, split) and kept in a
-`FeatureCache`; only the layers above it train, on those activations:
+Below its freeze cutoff the backbone is a fixed function (its weights are frozen and BatchNormalization
+always runs in inference mode, see `trainers.model.set_cutoff`), so its output is computed once per
+(backbone, alpha, weights, image size, cutoff, dataset, split[, augmentation policy and view]) and kept in a
+`FeatureCache`; only the layers above it train, on those activations (`trainers.stages`):
 
 * warm-up and feature-extraction epochs train the head on the cached pooled output of the whole backbone;
 * fine-tuning epochs train the backbone's layers above the cutoff plus the head (the suffix from
-  `trainers.split.split_model`) on the cached activations of the boundary.
+  `trainers.split.split_model`) on the cached activations of the boundary;
+* augmented configs (``augmentation_views > 0``) do the same on the activations of fixed augmented views of
+  the training images (`trainers.views`); validation stays unaugmented.
 
-The suffix shares its layers with the full model, so the returned model is the full model (raw images in,
-probabilities out) with the trained weights, compiled with the optimizer that trained it (its state
-included), ready for `evaluate`, `save_checkpoint` and export. Batches come in the same order as in
-`train` (both use `trainers.train.fit_epoch`: a seeded permutation per (seed, epoch)) and Dropout's
-seed generator is the same layer's, so with the same seed both give the same per-epoch losses and weights up
-to float rounding (tests/test_features.py). Note that `fit` on numpy input copies the whole array into a
-TensorFlow tensor each call, so memory-mapped (spilled) features are read into memory while they train.
-
-`epoch_time_s` of the first epoch of a phase includes making or loading that phase's features.
+Each block is computed once per node: activations at a deeper cutoff are made from those of the deepest
+shallower cutoff already cached (blocks 11-13 applied to the cached block-10 output), not from the images.
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
-import time
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
 from tsweep.spaces.config import TrialConfig
+from tsweep.trainers.activations import prefix_features
 from tsweep.trainers.data import Dataset
-from tsweep.trainers.features import FeatureCache, prefix_features
-from tsweep.trainers.train import EpochCallback, TrainResult, as_config, end_epoch, fit_epoch, phase_cutoff, phase_of
+from tsweep.trainers.features import FeatureCache
+from tsweep.trainers.train import as_config, phase_cutoff
 
 # Backbones with layers that act differently with training=True besides BatchNorm (EfficientNet's stochastic
 # depth Dropout): `fit` passes training=True through the frozen part too, so their frozen prefix is not a
@@ -42,14 +37,33 @@ STOCHASTIC_BACKBONES = frozenset({"efficientnet_b0"})
 PREDICT_BATCH = 32  # the features do not depend on it (see prefix_features); keys leave it out
 
 
-def can_use_cache(config: Mapping[str, Any] | TrialConfig) -> bool:
-    """True when `config` can train on cached features with the same result as end to end.
+def stage_kind(config: Mapping[str, Any] | TrialConfig, phase: str, cached: bool = True) -> str:
+    """How `phase` of `config` trains: "features" (cached prefix activations of the images), "views"
+    (cached activations of fixed augmented views, `trainers.views`) or "end_to_end" (images through the
+    whole model).
 
-    False with augmentation (it sits before the backbone, so the prefix input changes every epoch), at
-    cutoff 0 (nothing is frozen) and for STOCHASTIC_BACKBONES.
+    End to end without a cache, at cutoff 0 (nothing frozen), for STOCHASTIC_BACKBONES and with online
+    augmentation (``augmentation_views: 0``: the prefix input changes every epoch).
+
+    Args:
+        config: a TrialConfig or a plain dict of its keys.
+        phase: "features", "warmup" or "finetune".
+        cached: whether there is a feature cache. Default True.
     """
     cfg = as_config(config)
-    return cfg.augmentation == "none" and cfg.cutoff() > 0 and cfg.backbone not in STOCHASTIC_BACKBONES
+    if not cached or phase_cutoff(cfg, phase) == 0 or cfg.backbone in STOCHASTIC_BACKBONES:
+        return "end_to_end"
+    if cfg.augmentation == "none":
+        return "features"
+    return "views" if cfg.augmentation_views > 0 else "end_to_end"
+
+
+def can_use_cache(config: Mapping[str, Any] | TrialConfig) -> bool:
+    """True when every phase of `config` trains on cached activations (features or views)."""
+    from tsweep.trainers.train import phase_of
+
+    cfg = as_config(config)
+    return all(stage_kind(cfg, phase_of(e, cfg)) != "end_to_end" for e in range(cfg.epochs))
 
 
 def digest(array: np.ndarray) -> str:
@@ -85,7 +99,7 @@ def decoded_key(data: Dataset) -> str | None:
 
 
 def feature_key(config: TrialConfig, cutoff: int, pooled: bool, weights: dict, dataset: str | None,
-                split: str, images: np.ndarray, images_digest: str | None = None) -> dict:
+                split: str, images: np.ndarray, images_digest: str | None = None, view: int | None = None) -> dict:
     """The key parts of the prefix activations of one split (see `FeatureCache.get_or_compute`).
 
     Args:
@@ -97,148 +111,87 @@ def feature_key(config: TrialConfig, cutoff: int, pooled: bool, weights: dict, d
         split: "train" or "val".
         images: that split's images; their SHA-256 is part of the key (`images_digest` if given).
         images_digest: `digest(images)` when already known. Default None (computed).
+        view: the augmented view (`trainers.views`) of the images under the config's augmentation, or None
+            for the images themselves. Default None.
     """
     import keras
 
-    return {"what": "prefix_features", "backbone": config.backbone, "alpha": config.alpha, "weights": weights,
+    parts = {"what": "prefix_features", "backbone": config.backbone, "alpha": config.alpha, "weights": weights,
             "image_size": config.image_size, "cutoff": cutoff, "pooled": pooled, "dataset": dataset,
             "split": split, "count": int(len(images)), "images_sha256": images_digest or digest(images),
             "keras": keras.__version__, "backend": keras.backend.backend(),
             "dtype_policy": keras.config.dtype_policy().name}
+    if view is not None:
+        from tsweep.trainers.views import VIEW_BATCH, policy_id
+
+        parts.update(what="view_features", view=int(view), augmentation=config.augmentation,
+                     policy=policy_id(config.augmentation), view_batch=VIEW_BATCH)
+    return parts
 
 
-class _Features:
-    """Makes (trainer model, train features, val features) for one cutoff of one trial."""
-
-    def __init__(self, model: Any, cfg: TrialConfig, data: Dataset, x_calibration: np.ndarray,
-                 cache: FeatureCache, full_data: bool) -> None:
-        self.model, self.cfg, self.data, self.cache, self.full_data = model, cfg, data, cache, full_data
-        self.weights = weights_identity(cfg, x_calibration)
-        self.dataset = decoded_key(data)
-        self._digests: dict[str, str] = {}
-
-    def stage(self, cutoff: int, pooled: bool) -> tuple[Any, np.ndarray, np.ndarray | None]:
-        from tsweep.trainers.split import split_model
-
-        prefix, suffix = split_model(self.model, self.cfg, cutoff, pooled=pooled)
-        data = self.data
-        train = self._split(prefix, cutoff, pooled, "train", data.x_train)
-        has_val = len(data.y_val) > 0
-        val = self._split(prefix, cutoff, pooled, "val", data.x_val) if has_val else None
-        if self.full_data:
-            return suffix, (np.concatenate([train, val]) if has_val else train), None
-        return suffix, train, val
-
-    def val_stage(self, cutoff: int, pooled: bool) -> tuple[Any, np.ndarray]:
-        """(suffix, validation features) at `cutoff`: `stage` for the validation split alone."""
-        from tsweep.trainers.split import split_model
-
-        prefix, suffix = split_model(self.model, self.cfg, cutoff, pooled=pooled)
-        return suffix, self._split(prefix, cutoff, pooled, "val", self.data.x_val)
-
-    def _split(self, prefix: Any, cutoff: int, pooled: bool, name: str, images: np.ndarray) -> np.ndarray:
-        """One split's prefix activations, from the cache or computed."""
-        if name not in self._digests:  # hashing the images once per trial, not once per phase
-            self._digests[name] = digest(images)
-        parts = feature_key(self.cfg, cutoff, pooled, self.weights, self.dataset, name, images, self._digests[name])
-        return self.cache.get_or_compute(parts, lambda: prefix_features(prefix, images, PREDICT_BATCH))
+class _Gone(Exception):
+    """An entry seen in the cache went away before it was read (evicted meanwhile)."""
 
 
-class CachedValidation:
-    """Validation of an end-to-end trial (one with augmentation) on cached frozen-prefix features.
+class PrefixFeatures:
+    """Finds or makes the prefix activations of one trial's splits, at any cutoff, of images or views.
 
-    Augmentation keeps a trial's training images changing, so its training runs end to end; its validation
-    images never change, and validation runs in inference mode, where the frozen prefix is a fixed function.
-    So each epoch's val_loss / val_accuracy come from the suffix (sharing the model's layers, so its current
-    weights) on the cached prefix activations of the validation split: the same numbers as `fit`'s own
-    validation up to float rounding, without pushing the images through the frozen layers again every epoch
-    or tracing the full model's evaluation step. Stochastic backbones qualify too: they are deterministic in
-    inference mode.
+    Args:
+        model: the trial's full model (its frozen prefix computes the activations).
+        cfg: its config.
+        data: the dataset.
+        x_calibration: the images `calibrate_batchnorm` used (random-init weights depend on them).
+        cache: where activations are found or stored.
     """
 
     def __init__(self, model: Any, cfg: TrialConfig, data: Dataset, x_calibration: np.ndarray,
                  cache: FeatureCache) -> None:
-        self.features = _Features(model, cfg, data, x_calibration, cache, full_data=False)
-        self.y_val, self.batch_size = data.y_val, cfg.batch_size
-        self.suffix = self.fv = None
+        self.model, self.cfg, self.data, self.cache = model, cfg, data, cache
+        self.weights = weights_identity(cfg, x_calibration)
+        self.dataset = decoded_key(data)
+        self._digests: dict[str, str] = {}
 
-    def stage(self, cutoff: int, pooled: bool, loss: Any) -> bool:
-        """Prepare the suffix at `cutoff` (compiled with `loss` and accuracy); False at cutoff 0 (no prefix:
-        validate end to end instead)."""
-        self.suffix = self.fv = None
-        if cutoff == 0:
-            return False
-        self.suffix, self.fv = self.features.val_stage(cutoff, pooled)
-        self.suffix.compile(optimizer="sgd", loss=loss, metrics=["accuracy"])  # evaluation only
-        return True
+    def images(self, split: str) -> np.ndarray:
+        return self.data.x_train if split == "train" else self.data.x_val
 
-    def evaluate(self) -> dict[str, float]:
-        """{"val_loss", "val_accuracy"} of the model's current weights."""
-        values = self.suffix.evaluate(self.fv, self.y_val, batch_size=self.batch_size, verbose=0,
-                                      return_dict=True)
-        return {"val_loss": float(values["loss"]), "val_accuracy": float(values["accuracy"])}
+    def key(self, cutoff: int, pooled: bool, split: str, view: int | None = None) -> dict:
+        images = self.images(split)
+        if split not in self._digests:  # hashing the images once per trial, not once per phase
+            self._digests[split] = digest(images)
+        return feature_key(self.cfg, cutoff, pooled, self.weights, self.dataset, split, images,
+                           self._digests[split], view)
 
+    def get(self, prefix: Any, cutoff: int, pooled: bool, split: str, view: int | None = None) -> np.ndarray:
+        """The activations of `split` ("train" or "val"; of its augmented `view` if given) at `cutoff`.
 
-def train_cached(config: Mapping[str, Any] | TrialConfig, data: Dataset, *, cache: FeatureCache,
-                 on_epoch: EpochCallback | None = None, full_data: bool = False, verbose: int = 0) -> TrainResult:
-    """`trainers.train.train` (without resume) on cached frozen-prefix features; same contract.
+        Args:
+            prefix: the model's prefix at `cutoff` (`split_model`), used when nothing shallower is cached.
+            cutoff: the boundary; `pooled` as in `split_model`.
+            split: "train" or "val".
+            view: an augmented view index, or None for the images. Default None.
+        """
+        parts = self.key(cutoff, pooled, split, view)
+        return self.cache.get_or_compute(parts, lambda: self._compute(prefix, cutoff, pooled, split, view))
 
-    Args:
-        config: a TrialConfig or a plain dict of its keys; `can_use_cache(config)` must hold.
-        data: the decoded dataset.
-        cache: where prefix activations are found or stored.
-        on_epoch: called after each epoch with the history so far (last row: epoch, phase, loss, accuracy,
-            val_loss, val_accuracy, epoch_time_s) and the full model; default None.
-        full_data: train on train + validation; no validation metrics then.
-        verbose: Keras fit verbosity, default 0.
+    def _compute(self, prefix: Any, cutoff: int, pooled: bool, split: str, view: int | None) -> np.ndarray:
+        from tsweep.trainers.split import bridge_model
 
-    Raises:
-        ValueError: the config cannot use the cache (augmentation, cutoff 0, a stochastic backbone).
-        TrialError: the loss became NaN or infinite.
-    """
-    import keras
+        for shallower in range(cutoff - 1, 0, -1):  # the deepest cached activations below `cutoff`
+            parts = self.key(shallower, False, split, view)
+            if self.cache.key(parts) in self.cache.in_memory_keys() or self.cache.path(parts).exists():
+                try:
+                    cached = self.cache.get_or_compute(parts, _gone)
+                except _Gone:
+                    continue
+                bridge = bridge_model(self.model, self.cfg, shallower, cutoff, pooled=pooled)
+                return prefix_features(bridge, cached, PREDICT_BATCH)
+        images = self.images(split)
+        if view is not None:
+            from tsweep.trainers.views import augment_view
 
-    from tsweep.trainers.backbones import get_spec
-    from tsweep.trainers.model import build_model, calibrate_batchnorm, compile_model, set_cutoff
-
-    cfg = as_config(config)
-    if not can_use_cache(cfg):
-        raise ValueError(f"config cannot train on cached features (augmentation {cfg.augmentation!r}, cutoff "
-                         f"{cfg.cutoff()}, backbone {cfg.backbone}): use trainers.train.train")
-    n = data.num_classes
-    x, y = data.full_train() if full_data else (data.x_train, data.y_train)
-    y_val = None if full_data or len(data.y_val) == 0 else data.y_val
-    top = get_spec(cfg.backbone).max_cutoff
-    # The same seeding and building as train(), so weights, Dropout and the shuffle start alike.
-    keras.utils.set_random_seed(cfg.seed)
-    model = build_model(cfg, n)
-    if cfg.weights == "none":
-        calibrate_batchnorm(model, x)
-    features = _Features(model, cfg, data, x, cache, full_data)
-
-    history: list[dict] = []
-    phase = trainer = fx = fv = None
-    for epoch in range(cfg.epochs):
-        started = time.perf_counter()
-        wanted = phase_of(epoch, cfg)
-        if wanted != phase:  # a new trainable set: new features and a new optimizer, as in train()
-            cutoff = phase_cutoff(cfg, wanted)
-            set_cutoff(model, cfg, cutoff)
-            trainer = fx = fv = None  # let the previous phase's arrays go
-            trainer, fx, fv = features.stage(cutoff, pooled=cutoff == top)
-            compile_model(trainer, cfg, n, warmup=wanted == "warmup")
-            _compile_full(model, trainer)
-            phase = wanted
-        # the same batches in the same order as train() (fit_epoch), then the same bookkeeping (end_epoch)
-        metrics = fit_epoch(trainer, fx, y, None if y_val is None else (fv, y_val), cfg, epoch, verbose)
-        end_epoch(metrics, cfg, epoch, phase, started, history, on_epoch, model)
-    return TrainResult(model, cfg, data.class_names, history)
+            images = augment_view(images, self.cfg.augmentation, view, self._digests[split])
+        return prefix_features(prefix, images, PREDICT_BATCH)
 
 
-def _compile_full(model: Any, trainer: Any) -> None:
-    """Compile the full model with the trainer's optimizer, so a checkpoint of it holds that optimizer's
-    state. Keras saves optimizer slots in trainable-variable order, so both models must list the same
-    variables in the same order (split_model keeps the backbone's layer order); else a fresh optimizer."""
-    same = [id(v) for v in model.trainable_variables] == [id(v) for v in trainer.trainable_variables]
-    optimizer = trainer.optimizer if same else type(trainer.optimizer).from_config(trainer.optimizer.get_config())
-    model.compile(optimizer=optimizer, loss=trainer.loss, metrics=["accuracy"])
+def _gone() -> np.ndarray:
+    raise _Gone()

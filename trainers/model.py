@@ -106,9 +106,11 @@ def make_optimizer(config: TrialConfig, warmup: bool = False) -> keras.optimizer
     return keras.optimizers.RMSprop(lr)
 
 
-def compile_model(model: keras.Model, config: TrialConfig, num_classes: int, warmup: bool) -> None:
+def compile_model(model: keras.Model, config: TrialConfig, num_classes: int, warmup: bool = False,
+                  optimizer: keras.optimizers.Optimizer | None = None) -> None:
+    """Compile with the phase's loss and accuracy; `optimizer` (e.g. a resumed one) or a new `make_optimizer`."""
     loss = "binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy"
-    model.compile(optimizer=make_optimizer(config, warmup), loss=loss, metrics=["accuracy"])
+    model.compile(optimizer=optimizer or make_optimizer(config, warmup), loss=loss, metrics=["accuracy"])
 
 
 def calibrate_batchnorm(model: keras.Model, images: Any, max_images: int = 64) -> None:

@@ -121,3 +121,41 @@ def split_model(model: keras.Model, config: TrialConfig, cutoff: int, *,
         y = layer(y)
     suffix = keras.Model(features, y, name=f"{model.name}_suffix{cutoff}")
     return prefix, suffix
+
+
+def bridge_model(model: keras.Model, config: TrialConfig, lo: int, hi: int, *,
+                 pooled: bool = False) -> keras.Model:
+    """The backbone's layers after boundary `lo` up to boundary `hi`: `lo`'s activations in, `hi`'s out.
+
+    ``bridge(prefix_lo(x))`` equals ``prefix_hi(x)`` (up to float rounding), so activations cached at a
+    shallower cutoff give those of a deeper one without the images going through the blocks below `lo`
+    again. Shares the model's layers, like `split_model`.
+
+    Args:
+        model: a model built by ``trainers.model.build_model`` for `config`.
+        config: its TrialConfig.
+        lo: the shallower cutoff, 1 to max_cutoff - 1 (a clean cut).
+        hi: the deeper cutoff, lo + 1 to max_cutoff.
+        pooled: only at hi = max_cutoff: end with the global pooling, as `split_model(pooled=True)`'s prefix.
+
+    Raises:
+        ValueError: lo >= hi, `pooled` below max_cutoff, or a cut that is not clean.
+    """
+    import keras
+
+    spec = get_spec(config.backbone)
+    if not 0 < lo < hi:
+        raise ValueError(f"bridge_model needs 0 < lo < hi, got lo {lo} and hi {hi}")
+    if pooled and hi != spec.max_cutoff:
+        raise ValueError(f"pooled=True needs hi = {spec.max_cutoff} (the whole backbone), got {hi}")
+    start, end = boundary_layer(model, config, lo), boundary_layer(model, config, hi)
+    try:
+        inner = keras.Model(start.output, end.output, name=f"{BACKBONE_LAYER}_{lo}_to_{hi}")
+    except ValueError as e:
+        raise ValueError(f"{spec.name}: boundary {start.name!r} (cutoff {lo}) is not a clean cut ({str(e)[:300]})") \
+            from e
+    features = keras.Input(start.output.shape[1:], dtype=start.output.dtype, name="features")
+    y = inner(features, training=False)
+    if pooled:
+        y = model.get_layer(POOL_LAYER)(y)
+    return keras.Model(features, y, name=f"{model.name}_bridge{lo}_{hi}")

@@ -51,39 +51,36 @@ def train(config: Mapping[str, Any] | TrialConfig, data: Dataset, *, on_epoch: E
           feature_cache: Any = None) -> TrainResult:
     """Build and train the model of one config for its full epoch budget.
 
+    The one phase loop of tsweep: each phase trains through a `trainers.stages.Stage`, end to end, on
+    cached frozen-prefix features or on cached augmented views, whichever `cached_train.stage_kind` says.
+
     Args:
         config: a TrialConfig or a plain dict of its keys (a sampled Ray Tune config).
         data: the decoded dataset.
         on_epoch: called after each epoch with the history so far, whose last row holds that epoch's
-            metrics (epoch, phase, loss, accuracy, val_loss, val_accuracy, epoch_time_s), and the model;
-            default None.
+            metrics (epoch, phase, loss, accuracy, val_loss, val_accuracy, epoch_time_s, stage_s), and the
+            full model; default None.
         resume_from: a checkpoint directory written by `save_checkpoint`; training continues after its
             epoch with the saved weights and optimizer state. Default None (start from scratch).
         full_data: train on train + validation (for the exported winner); no validation metrics then.
         verbose: Keras fit verbosity, default 0.
-        feature_cache: a `tsweep.trainers.features.FeatureCache`: configs without augmentation then train
-            on cached frozen-prefix features (same result, far less compute; see `cached_train`).
-            Configs with augmentation (and resumed runs) train end to end but validate on the cached
-            features of the validation split (`cached_train.CachedValidation`). Default None: always end to end.
+        feature_cache: a `tsweep.trainers.features.FeatureCache`: phases with a frozen prefix then train on
+            its cached activations (the same result as end to end up to float rounding, far less compute),
+            augmented configs on cached fixed views (`augmentation_views`), and end-to-end phases validate
+            on cached activations. Default None: always end to end, online augmentation.
 
     Raises:
-        TrialError: the loss became NaN or infinite (a too-high learning rate, usually).
+        TrialError: the loss or a weight became NaN or infinite (a too-high learning rate, usually).
     """
     import keras
 
     from tsweep.trainers.checkpoint import load_checkpoint
     from tsweep.trainers.model import build_model, calibrate_batchnorm
+    from tsweep.trainers.stages import make_stage
 
     cfg = as_config(config)
-    if feature_cache is not None and resume_from is None:
-        from tsweep.trainers.cached_train import can_use_cache, train_cached
-
-        if can_use_cache(cfg):
-            return train_cached(cfg, data, cache=feature_cache, on_epoch=on_epoch, full_data=full_data,
-                                verbose=verbose)
     n = data.num_classes
-    x, y = data.full_train() if full_data else (data.x_train, data.y_train)
-    validation = None if full_data or len(data.y_val) == 0 else (data.x_val, data.y_val)
+    x_calibration = data.full_train()[0] if full_data else data.x_train
     keras.utils.set_random_seed(cfg.seed)
     if resume_from is not None:
         model, history = load_checkpoint(resume_from, cfg, n)
@@ -91,35 +88,33 @@ def train(config: Mapping[str, Any] | TrialConfig, data: Dataset, *, on_epoch: E
     else:
         model, history, phase = build_model(cfg, n), [], None
         if cfg.weights == "none":
-            calibrate_batchnorm(model, x)
+            calibrate_batchnorm(model, x_calibration)
+    features = None
+    if feature_cache is not None:
+        from tsweep.trainers.cached_train import PrefixFeatures
 
-    # Augmented trials train end to end, but validate on cached features when there is a cache.
-    validator = None
-    if feature_cache is not None and validation is not None:
-        from tsweep.trainers.cached_train import CachedValidation
-
-        validator = CachedValidation(model, cfg, data, x, feature_cache)
-    cached_val, val_phase = False, None
+        features = PrefixFeatures(model, cfg, data, x_calibration, feature_cache)
+    stage, resumed_phase = None, phase
     for epoch in range(len(history), cfg.epochs):
         started = time.perf_counter()
         wanted = phase_of(epoch, cfg)
-        if wanted != phase:  # (re)compile only when the trainable set changes: it resets optimizer state
-            prepare_phase(model, cfg, n, wanted)
-            phase = wanted
-        if validator is not None and val_phase != phase:  # once per phase, also the first of a resumed run
-            cutoff = phase_cutoff(cfg, phase)
-            cached_val = validator.stage(cutoff, pooled=cutoff == _max_cutoff(cfg), loss=model.loss)
-            val_phase = phase
-        metrics = fit_epoch(model, x, y, None if cached_val else validation, cfg, epoch, verbose)
-        if cached_val:
-            metrics.update(validator.evaluate())
+        if stage is None or wanted != phase:  # a new trainable set: a new stage and optimizer
+            stage = None  # let the previous phase's arrays go first
+            # A resumed phase keeps the checkpoint's optimizer (its state was restored); a new phase starts afresh.
+            optimizer = model.optimizer if wanted == resumed_phase and resume_from is not None else None
+            stage = make_stage(model, cfg, data, wanted, features=features, full_data=full_data,
+                               optimizer=optimizer)
+            resumed_phase, phase = None, wanted
+        staged = time.perf_counter() - started
+        metrics = stage.epoch(epoch, verbose)
+        metrics["stage_s"] = round(staged + metrics.get("stage_s", 0.0), 3)
         end_epoch(metrics, cfg, epoch, phase, started, history, on_epoch, model)
     return TrainResult(model, cfg, data.class_names, history)
 
 
 def phase_cutoff(cfg: TrialConfig, phase: str) -> int:
     """The freeze cutoff of `phase`: the config's own when fine-tuning, else the whole backbone frozen."""
-    return cfg.cutoff() if phase == "finetune" else _max_cutoff(cfg)
+    return cfg.cutoff() if phase == "finetune" else max_cutoff(cfg)
 
 
 def prepare_phase(model: Any, cfg: TrialConfig, num_classes: int, phase: str) -> None:
@@ -135,16 +130,42 @@ def end_epoch(metrics: dict, cfg: TrialConfig, epoch: int, phase: str, started: 
     """Complete an epoch's metrics, stop a diverged trial, record the epoch and tell `on_epoch`.
 
     Raises:
-        TrialError: the loss is NaN or infinite.
+        TrialError: the loss or a trainable weight is NaN or infinite.
     """
     metrics.update(epoch=epoch + 1, phase=phase, epoch_time_s=round(time.perf_counter() - started, 3))
+    what = None
     if not math.isfinite(metrics.get("loss", 0.0)):
-        rate = cfg.warmup_learning_rate if phase == "warmup" else cfg.learning_rate
-        raise TrialError(f"loss became {metrics['loss']} at epoch {epoch + 1} ({phase} phase, "
-                         f"{cfg.optimizer} at learning_rate {rate:g}): lower `learning_rate`")
+        what = f"loss became {metrics['loss']}"
+    else:
+        # Some kernels (oneDNN's min/max in ReLU6 and the loss's epsilon clip, on Intel CPUs) turn NaN into finite
+        # numbers, so a finite loss does not prove a sane model: the weights are checked too.
+        bad = first_nonfinite_weight(model)
+        if bad is not None:
+            what = f"weight {bad} became NaN or infinite"
+    if what is not None:
+        optimizer, rate = ("adam", cfg.warmup_learning_rate) if phase == "warmup" else (cfg.optimizer,
+                                                                                      cfg.learning_rate)
+        raise TrialError(f"{what} at epoch {epoch + 1} ({phase} phase, {optimizer} at learning_rate {rate:g}): "
+                         f"lower `{'warmup_learning_rate' if phase == 'warmup' else 'learning_rate'}`")
     history.append(metrics)
     if on_epoch is not None:
         on_epoch(history, model)
+
+
+def first_nonfinite_weight(model: Any) -> str | None:
+    """The path of the first trainable weight of `model` holding a NaN or an infinity, else None.
+
+    One `all(isfinite(.))` reduction per weight (an explicit test, not a min/max a kernel may rewrite) and
+    one transfer of the flags: a few ms for MobileNetV2.
+    """
+    import keras
+
+    ops = keras.ops
+    variables = model.trainable_variables
+    if not variables:
+        return None
+    finite = ops.convert_to_numpy(ops.stack([ops.all(ops.isfinite(v)) for v in variables]))
+    return None if finite.all() else variables[int(np.argmin(finite))].path
 
 
 def fit_epoch(model: Any, x: Any, y: Any, validation: tuple | None, cfg: TrialConfig, epoch: int,
@@ -157,7 +178,7 @@ def fit_epoch(model: Any, x: Any, y: Any, validation: tuple | None, cfg: TrialCo
     return {k: float(v[-1]) for k, v in fit.history.items()}
 
 
-def _max_cutoff(cfg: TrialConfig) -> int:
+def max_cutoff(cfg: TrialConfig) -> int:
     from tsweep.trainers.backbones import get_spec
 
     return get_spec(cfg.backbone).max_cutoff
