@@ -79,16 +79,17 @@ def table(results: dict, bound: dict | None, args: argparse.Namespace, info: dic
     if bound is None:
         lines.append("lower bound for (a): n/a (needs (a))")
     else:
-        cuts = ", ".join(str(c) for c in bound["prefix_s"]) or "none"
-        lines.append(f"lower bound for (a): {bound['bound_s']:.1f} s = decode {bound['decode_s']:.1f} + frozen "
-                     f"prefixes {sum(bound['prefix_s'].values()):.1f} (cutoffs {cuts}) + train steps "
-                     f"{bound['train_s']:.1f} (sum of epoch_time_s); tsweep / bound: "
+        (cut, prefix_s), = bound["prefix_s"].items()
+        lines.append(f"lower bound for (a): {bound['bound_s']:.1f} s = decode {bound['decode_s']:.1f} + one pass "
+                     f"through the deepest frozen prefix (cutoff {cut}) {prefix_s:.1f} + {bound['views']} views x "
+                     f"{bound['view_s']:.1f} + steady-state train steps {bound['steps_s']:.1f} / "
+                     f"{bound['concurrency']} trials side by side; tsweep (whole run, export included) / bound: "
                      f"{fmt(ratio(a, bound['bound_s']), '.2f')}")
-        n = max(1, min(info["ray_cpus"], args.trials))
-        floor = bound["decode_s"] + sum(bound["prefix_s"].values()) + bound["train_s"] / n
-        lines.append(f"  (epoch_time_s is each trial's own fit time while up to {n} trials ran side by side, one CPU "
-                     f"each; with the train steps spread perfectly over {n}: {floor:.1f} s, tsweep / that: "
-                     f"{fmt(ratio(a, floor), '.2f')})")
+    if a is not None and "tracing_s" in a:
+        lines.append(f"where (a)'s trial time went: steady train steps {a['steps_s']:.1f} s, first epochs of "
+                     f"{a['phases']} phases beyond steady (tracing, building) {a['tracing_s']:.1f} s, making or "
+                     f"loading cached activations {a['staged_s']:.1f} s (summed over trials); export "
+                     f"{a['export_s']:.1f} s of the wall time")
     if trial_overhead is not None:
         lines.append(f"per-trial overhead of (a): {trial_overhead['overhead_s']:.1f} s over its trials "
                      f"({fmt(trial_overhead['per_trial_s'], '.2f')} s per trial), "
@@ -106,3 +107,74 @@ def figures(results: dict, bound: dict | None, trial_overhead: dict | None = Non
                        "hyperband_over_tsweep": ratio(results.get("keras_tuner_hyperband"), a),
                        "tsweep_over_bound": ratio(a, None if bound is None else bound["bound_s"])},
             "tsweep_overhead": trial_overhead}
+
+
+def phases(records: list[dict]) -> list[dict]:
+    """Each trial's phases (a run of epochs with one phase name) with their timing: `first_s` (the first
+    epoch's time beyond staging), `staged_s` (making or loading activations and building the trainer, summed
+    over the phase), `steady_s` (the median epoch time after the first, staging left out; None for a
+    one-epoch phase), `epochs`, and the `key` (cutoff and stage kind) that phases of equal cost share."""
+    from tsweep.spaces.config import TrialConfig
+    from tsweep.trainers.cached_train import stage_kind
+    from tsweep.trainers.train import phase_cutoff
+
+    out = []
+    for r in records:
+        history = r.get("history") or []
+        if not history:
+            continue
+        cfg = TrialConfig.from_dict(r["config"])
+        runs: list[list[dict]] = []
+        for row in history:
+            if runs and runs[-1][0].get("phase") == row.get("phase"):
+                runs[-1].append(row)
+            else:
+                runs.append([row])
+        for rows in runs:
+            net = [max(0.0, h.get("epoch_time_s", 0.0) - h.get("stage_s", 0.0)) for h in rows]
+            phase = rows[0].get("phase", "features")
+            later = sorted(net[1:])
+            out.append({"trial": r.get("trial_id"), "phase": phase, "epochs": len(rows), "first_s": net[0],
+                        "staged_s": sum(h.get("stage_s", 0.0) for h in rows),
+                        "steady_s": later[len(later) // 2] if later else None,
+                        "key": (phase_cutoff(cfg, phase), stage_kind(cfg, phase), cfg.head_size > 0)})
+    return out
+
+
+def steps_and_tracing(records: list[dict]) -> dict:
+    """Steady-state train time and what first epochs cost beyond it (tracing, building), summed over phases.
+
+    A phase's steady epoch time is its own median after its first epoch; a one-epoch phase (a trial ASHA
+    stopped early) takes the median of the phases with the same cutoff, stage kind and head. `steps_s` is that
+    steady time times the epochs each phase ran; `tracing_s` the excess of each first epoch over it;
+    `staged_s` the time spent making or loading cached activations and trainers.
+    """
+    table = phases(records)
+    by_key: dict[tuple, list[float]] = {}
+    for p in table:
+        if p["steady_s"] is not None:
+            by_key.setdefault(p["key"], []).append(p["steady_s"])
+    steps = tracing = staged = 0.0
+    for p in table:
+        same = sorted(by_key.get(p["key"], []))
+        steady = p["steady_s"] if p["steady_s"] is not None else (same[len(same) // 2] if same else p["first_s"])
+        steps += steady * p["epochs"]
+        tracing += max(0.0, p["first_s"] - steady)
+        staged += p["staged_s"]
+    return {"steps_s": round(steps, 1), "tracing_s": round(tracing, 1), "staged_s": round(staged, 1),
+            "phases": len(table)}
+
+
+def views_used(records: list[dict]) -> set[tuple[str, int]]:
+    """The distinct (augmentation, view) pairs the trials trained on (cached augmented views)."""
+    from tsweep.spaces.config import TrialConfig
+    from tsweep.trainers.cached_train import stage_kind
+    from tsweep.trainers.views import view_of
+
+    used = set()
+    for r in records:
+        cfg = TrialConfig.from_dict(r["config"])
+        for e, row in enumerate(r.get("history") or []):
+            if stage_kind(cfg, row.get("phase", "features")) == "views":
+                used.add((cfg.augmentation, view_of(e, cfg.augmentation_views, cfg.seed)))
+    return used

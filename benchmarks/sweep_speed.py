@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # _naive.py, _hyperband.py and _report.py, also when imported from elsewhere
     sys.path.insert(0, str(HERE))
 
-from _report import RUNS, figures, machine, overhead, table  # noqa: E402
+from _report import RUNS, figures, machine, overhead, steps_and_tracing, table, views_used  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DEFAULT_DATA = SHARED / "datasets" / "hymenoptera"
@@ -149,58 +149,77 @@ def write_space(path: Path, args: argparse.Namespace) -> Path:
 
 
 def run_tsweep(args: argparse.Namespace, space_file: Path, work: Path) -> tuple[dict, list[dict]]:
+    """The whole `tsweep run`: the sweep, then the export of its winner (timed apart as export_s)."""
+    from tsweep.search.export import export_winner
     from tsweep.search.records import read_trials
     from tsweep.search.sweep import SweepOptions, run_sweep
 
     opts = SweepOptions(data=str(args.data), space=str(space_file), num_samples=args.trials, name="tsweep",
                         results_dir=str(work / "results"), grace_period=1, reduction_factor=3, cpus_per_trial=1,
                         seed=args.seed, cache_dir=str(work / "cache-a"), export=False)
-    records = read_trials(run_sweep(opts, progress=prefixed("a")))
+    root = run_sweep(opts, progress=prefixed("a"))
+    records = read_trials(root)
+    if ray.is_initialized():
+        ray.shutdown()  # as `tsweep run` does before exporting: the workers' memory goes back
+    started = time.perf_counter()
+    export_winner(root, progress=prefixed("a export"))
+    export_s = time.perf_counter() - started
     values = [h["val_accuracy"] for r in records for h in r["history"] if "val_accuracy" in h]
     return ({"trials": sum(r["status"] in ("completed", "pruned") for r in records),
              "epochs": sum(len(r["history"]) for r in records),
-             "best_val_accuracy": max(values) if values else None}, records)
+             "best_val_accuracy": max(values) if values else None, "export_s": round(export_s, 1),
+             **steps_and_tracing(records)}, records)
 
 
-def lower_bound(args: argparse.Namespace, work: Path, records: list[dict]) -> dict:
-    """Decode once + one forward pass per distinct frozen prefix (a) used + the epochs (a) trained."""
+def lower_bound(args: argparse.Namespace, work: Path, records: list[dict], concurrency: int) -> dict:
+    """What (a)'s work needs at the least: one decode, one pass of the train + val images through the deepest
+    frozen prefix any trial used (shallower cutoffs are on the way), one augmentation and pass of the train
+    images for each distinct view trained on, and the epochs (a) ran at their steady-state step time (after
+    each phase's first epoch: no tracing or building), spread over the `concurrency` trials run side by side."""
     import keras
     import numpy as np
 
+    from tsweep.spaces.config import TrialConfig
     from tsweep.trainers.backbones import get_spec
+    from tsweep.trainers.cached_train import digest
     from tsweep.trainers.data import load_dataset
     from tsweep.trainers.layers import Preprocess
     from tsweep.trainers.pretrained import build_backbone
+    from tsweep.trainers.train import phase_cutoff
+    from tsweep.trainers.views import augment_view
 
     say("\n== lower bound for (a) ==")
     start = time.perf_counter()
     data = load_dataset(args.data, args.image_size, seed=args.seed, cache_dir=work / "cache-bound")
     decode_s = time.perf_counter() - start
     spec = get_spec("mobilenet_v2")
-    # Each trial's own cutoff, plus the whole backbone when any trial ran warm-up or feature epochs (they
-    # train the head on the fully frozen backbone). Cutoff 0 has no frozen prefix.
-    cutoffs = {int(r["config"].get("freeze_cutoff", spec.max_cutoff)) for r in records if r["history"]}
-    if any(h.get("phase") in ("warmup", "features") for r in records for h in r["history"]):
-        cutoffs.add(spec.max_cutoff)
+    cutoffs = {phase_cutoff(TrialConfig.from_dict(r["config"]), h.get("phase", "features"))
+               for r in records for h in r["history"]}
     cutoffs.discard(0)
+    deepest = max(cutoffs, default=spec.max_cutoff)
     x = np.concatenate([data.x_train, data.x_val])
     base = build_backbone(spec.name, args.image_size, weights=args.weights, alpha=1.0)
-    prefix_s = {}
-    for cutoff in sorted(cutoffs):
-        inputs = keras.Input(x.shape[1:])
-        prefix = keras.Model(base.input, base.get_layer(spec.boundaries[cutoff - 1]).output)
-        model = keras.Model(inputs, prefix(Preprocess(spec.preprocess)(inputs)))
-        model.predict(x[:33], batch_size=32, verbose=0)  # trace full and partial batches outside the timing
+    inputs = keras.Input(x.shape[1:])
+    prefix = keras.Model(base.input, base.get_layer(spec.boundaries[deepest - 1]).output)
+    model = keras.Model(inputs, prefix(Preprocess(spec.preprocess)(inputs)))
+    model.predict(x[:33], batch_size=32, verbose=0)  # trace full and partial batches outside the timing
+    start = time.perf_counter()
+    model.predict(x, batch_size=32, verbose=0)
+    prefix_s = time.perf_counter() - start
+    views = views_used(records)
+    view_s = 0.0
+    if views:
         start = time.perf_counter()
-        model.predict(x, batch_size=32, verbose=0)
-        prefix_s[cutoff] = time.perf_counter() - start
-        say(f"  prefix through {spec.boundaries[cutoff - 1]} (cutoff {cutoff}): {prefix_s[cutoff]:.2f} s "
-            f"for {len(x)} images")
-    train_s = sum(h.get("epoch_time_s", 0.0) for r in records for h in r["history"])
-    total = decode_s + sum(prefix_s.values()) + train_s
-    say(f"  decode {decode_s:.1f} s + prefixes {sum(prefix_s.values()):.1f} s + train steps {train_s:.1f} s "
-        f"= {total:.1f} s")
-    return {"bound_s": total, "decode_s": decode_s, "prefix_s": prefix_s, "train_s": train_s}
+        view = augment_view(data.x_train, sorted(views)[0][0], 0, digest(data.x_train))
+        model.predict(view, batch_size=32, verbose=0)
+        view_s = time.perf_counter() - start
+    steps = steps_and_tracing(records)
+    train_s = steps["steps_s"] / max(1, concurrency)
+    total = decode_s + prefix_s + view_s * len(views) + train_s
+    say(f"  decode {decode_s:.1f} s + prefix through cutoff {deepest} {prefix_s:.1f} s + {len(views)} views x "
+        f"{view_s:.1f} s + steady train steps {steps['steps_s']:.1f} s / {concurrency} = {total:.1f} s")
+    return {"bound_s": total, "decode_s": decode_s, "prefix_s": {deepest: prefix_s}, "views": len(views),
+            "view_s": view_s, "train_s": train_s, "steps_s": steps["steps_s"], "concurrency": concurrency}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             results["keras_tuner_hyperband"] = measured("c", lambda: _hyperband.run(
                 space, args.data, args.image_size, args.max_epochs, args.seed, work / "cache-c",
                 work / "keras-tuner", prefixed("c")))
-        bound = lower_bound(args, work, records) if "tsweep" in results else None
+        concurrency = min(info["ray_cpus"], args.trials)
+        bound = lower_bound(args, work, records, concurrency) if "tsweep" in results else None
         trial_overhead = overhead(records, results["tsweep"]["wall_s"], min(info["ray_cpus"], args.trials)) \
             if "tsweep" in results else None
     finally:

@@ -52,7 +52,8 @@ def test_figures_and_table_with_a_subset(bench):
     args = bench.parse_args(["--only", "a,c", "--weights", "none"])
     a = {"wall_s": 100.0, "trials": 24, "epochs": 80, "best_val_accuracy": 0.95, "peak_rss_mb": 3000}
     c = {"wall_s": 250.0, "trials": 30, "epochs": 136, "best_val_accuracy": 0.93, "peak_rss_mb": 1500}
-    bound = {"bound_s": 60.0, "decode_s": 5.0, "prefix_s": {13: 3.0, 17: 4.0}, "train_s": 48.0}
+    bound = {"bound_s": 60.0, "decode_s": 5.0, "prefix_s": {17: 4.0}, "views": 2, "view_s": 1.5, "train_s": 48.0,
+             "steps_s": 96.0, "concurrency": 2}
     results = {"tsweep": a, "keras_tuner_hyperband": c}
     out = bench.figures(results, bound)
     assert set(out) == {"tsweep", "naive_ray", "keras_tuner_hyperband", "bound_s", "ratios", "tsweep_overhead"}
@@ -62,6 +63,7 @@ def test_figures_and_table_with_a_subset(bench):
             "keras": "3", "ray": "2", "keras_tuner": "1"}
     text = bench.table(results, bound, args, info)
     assert "naive / tsweep: n/a" in text and "hyperband / tsweep: 2.50" in text and "not run" in text
+    assert "(cutoff 17) 4.0 + 2 views x 1.5 + steady-state train steps 96.0 / 2 trials side by side" in text
     assert bench.figures({}, None)["ratios"]["tsweep_over_bound"] is None
 
 
@@ -75,3 +77,37 @@ def test_per_trial_overhead_is_the_time_outside_epochs(bench):
     text = bench.table({"tsweep": a}, None, args, {"cpus": 2, "ray_cpus": 2, "cpu": "x", "ram_gb": 24,
                        "python": "3", "tensorflow": "2", "keras": "3", "ray": "2", "keras_tuner": "1"}, got)
     assert "per-trial overhead of (a): 4.0 s over its trials (2.00 s per trial), 20.0% of its workers' time" in text
+
+
+def _trial(config: dict, times: list[tuple[str, float, float]]) -> dict:
+    """A record with per-epoch (phase, epoch_time_s, stage_s)."""
+    base = {"backbone": "mobilenet_v2", "alpha": 0.35, "weights": "none", "image_size": 32, "epochs": 12,
+            "warmup_epochs": 1}
+    return {"trial_id": str(id(times)), "config": {**base, **config},
+            "history": [{"epoch": i + 1, "phase": p, "epoch_time_s": t, "stage_s": st}
+                        for i, (p, t, st) in enumerate(times)]}
+
+
+def test_steady_steps_and_tracing_come_from_each_phase(bench):
+    records = [
+        # warm-up (2 epochs: first 5 s of which 1 s staging, then 1 s) then fine-tune (first 6 s, then 2, 2, 3)
+        _trial({"freeze_cutoff": 13, "warmup_epochs": 2},
+               [("warmup", 5.0, 1.0), ("warmup", 1.0, 0.0), ("finetune", 6.0, 0.5), ("finetune", 2.0, 0.0),
+                ("finetune", 2.0, 0.0), ("finetune", 3.0, 0.0)]),
+        # stopped after one epoch: its steady time is the median of its kind (the warm-up above: 1 s)
+        _trial({"freeze_cutoff": 13, "warmup_epochs": 2}, [("warmup", 4.0, 0.0)]),
+    ]
+    got = bench.steps_and_tracing(records)
+    # steps: 1 s x 2 + 2 s x 4 + 1 s x 1; tracing: (4 - 1) + (5.5 - 2) + (4 - 1); staging 1.5
+    assert got == {"steps_s": 11.0, "tracing_s": 9.5, "staged_s": 1.5, "phases": 3}
+
+
+def test_views_used_follow_each_trials_schedule(bench):
+    from tsweep.trainers.views import view_of
+
+    aug = _trial({"freeze_cutoff": 17, "augmentation": "light", "augmentation_views": 4, "seed": 5},
+                 [("features", 1.0, 0.0)] * 2)
+    plain = _trial({"freeze_cutoff": 17}, [("features", 1.0, 0.0)] * 3)
+    online = _trial({"freeze_cutoff": 17, "augmentation": "light", "augmentation_views": 0},
+                    [("features", 1.0, 0.0)] * 3)
+    assert bench.views_used([aug, plain, online]) == {("light", view_of(e, 4, 5)) for e in range(2)}
