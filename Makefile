@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-slow test-all lint clean
+.PHONY: demo test test-slow test-onednn test-all lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ test: $(STAMP) lint  ## the default suite: unit tests plus one real small sweep 
 
 test-slow: $(STAMP)  ## only the slow tests: multi-node clusters, killed nodes and drivers, worker reuse, real data
 	$(BIN)/python -m pytest -m slow -q
+
+# TensorFlow runs oneDNN kernels by default on Intel CPUs with AVX-512 VNNI (not on AMD): their NaN handling and
+# rounding differ, so the numerically sensitive tests run under both kernel families.
+test-onednn: $(STAMP)  ## the numerics-marked tests again with oneDNN kernels (TF_ENABLE_ONEDNN_OPTS=1)
+	TF_ENABLE_ONEDNN_OPTS=1 $(BIN)/python -m pytest -m "numerics and not slow" -q
 
 test-all: $(STAMP) lint  ## everything, including the slow sweeps on ../shared data
 	$(BIN)/python -m pytest -q
