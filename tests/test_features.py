@@ -32,6 +32,7 @@ def data(shapes_dir, cache_dir) -> Dataset:
 
 
 # ---- (a) training on cached features == training end to end -------------------------------------------
+@pytest.mark.numerics
 @pytest.mark.parametrize("changes", [
     dict(backbone="mobilenet", alpha=0.25, freeze_cutoff=13),  # feature extraction: the sampled optimizer
     dict(freeze_cutoff=12, epochs=3, optimizer="sgd", learning_rate=0.01),  # warm-up, then two fine-tune epochs
@@ -71,6 +72,7 @@ def test_cached_training_equals_end_to_end(data, tmp_path, changes):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.numerics
 def test_augmented_trial_validates_on_cached_features(data, tmp_path):
     # Augmentation keeps training end to end; validation comes from the suffix on cached features and
     # matches fit's own validation, epoch by epoch, through warm-up and fine-tuning.
@@ -173,10 +175,12 @@ def test_split_model_is_a_clean_cut_at_every_cutoff(name):
         split_model(model, cfg, 1, pooled=True)
 
 
+@pytest.mark.numerics
 def test_split_model_values_mobilenet_v2():
     check_values("mobilenet_v2", range(10, 18, 3))  # pooled=True: in the training equivalence tests above
 
 
+@pytest.mark.numerics
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_split_model_values_at_every_cutoff(name):
