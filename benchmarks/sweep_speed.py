@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out-dir", type=Path,
                    help="keep results, Ray storage and caches here (default: a temp folder, removed)")
     p.add_argument("--json", type=Path, help="write the figures to this file")
+    p.add_argument("--scale", default="", metavar="N,M",
+                   help="also run (a)'s sweep and (b) at these trial counts (e.g. 24,96) and report the marginal "
+                        "wall time per extra trial of each (default: off)")
     args = p.parse_args(argv)
     preset = QUICK if args.quick else FULL
     args.trials = args.trials or preset[0]
@@ -65,6 +68,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not only or any(s not in RUNS for s in only):
         p.error(f"--only takes a comma-separated subset of a,b,c ({', '.join(f'{k}={v}' for k, v in RUNS.items())})")
     args.only = sorted(set(only))
+    try:
+        args.scale = sorted({int(n) for n in args.scale.split(",") if n.strip()})
+    except ValueError:
+        p.error(f"--scale takes comma-separated trial counts like 24,96, got {args.scale!r}")
+    if len(args.scale) == 1 or any(n < 1 for n in args.scale):
+        p.error("--scale needs at least two trial counts, each >= 1")
     if args.weights is None:
         args.weights = str(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.is_file() else "none"
     if min(args.trials, args.max_epochs) < 1 or args.image_size < 32:
@@ -171,6 +180,38 @@ def run_tsweep(args: argparse.Namespace, space_file: Path, work: Path) -> tuple[
              **steps_and_tracing(records)}, records)
 
 
+def scaling(args: argparse.Namespace, space: Any, space_file: Path, work: Path, num_cpus: int) -> dict:
+    """Wall time of (a)'s sweep (no export) and of (b) at each of `args.scale`'s trial counts, each from fresh
+    caches, and the marginal wall time per extra trial between the smallest and the largest count."""
+    import _naive
+
+    from tsweep.search.sweep import SweepOptions, run_sweep
+
+    walls: dict[str, dict[int, float]] = {"tsweep": {}, "naive_ray": {}}
+    for n in args.scale:
+        say(f"\n== scale: {n} trials ==")
+        opts = SweepOptions(data=str(args.data), space=str(space_file), num_samples=n, name=f"tsweep-{n}",
+                            results_dir=str(work / "scale"), grace_period=1, reduction_factor=3, cpus_per_trial=1,
+                            seed=args.seed, cache_dir=str(work / f"cache-scale-{n}"), export=False)
+        for name, fn in (("tsweep", lambda: run_sweep(opts, progress=prefixed(f"a{n}"))),
+                         ("naive_ray", lambda: _naive.run(space, args.data, args.image_size, n, args.max_epochs,
+                                                          args.seed, work / f"ray-naive-{n}", num_cpus,
+                                                          prefixed(f"b{n}")))):
+            start = time.perf_counter()
+            try:
+                fn()
+            finally:
+                if ray.is_initialized():
+                    ray.shutdown()
+            walls[name][n] = round(time.perf_counter() - start, 1)
+            say(f"  {name} at {n} trials: {walls[name][n]} s")
+    lo, hi = args.scale[0], args.scale[-1]
+    marginal = {name: round((w[hi] - w[lo]) / (hi - lo), 2) for name, w in walls.items()}
+    return {"trials": args.scale, "wall_s": walls, "marginal_s_per_trial": marginal,
+            "tsweep_over_naive": round(marginal["tsweep"] / marginal["naive_ray"], 3)
+            if marginal["naive_ray"] else None}
+
+
 def lower_bound(args: argparse.Namespace, work: Path, records: list[dict], concurrency: int) -> dict:
     """What (a)'s work needs at the least: one decode, one pass of the train + val images through the deepest
     frozen prefix any trial used (shallower cutoffs are on the way), one augmentation and pass of the train
@@ -179,8 +220,8 @@ def lower_bound(args: argparse.Namespace, work: Path, records: list[dict], concu
     import keras
     import numpy as np
 
+    from tsweep.spaces.backbones import get_spec
     from tsweep.spaces.config import TrialConfig
-    from tsweep.trainers.backbones import get_spec
     from tsweep.trainers.cached_train import digest
     from tsweep.trainers.data import load_dataset
     from tsweep.trainers.layers import Preprocess
@@ -260,13 +301,19 @@ def main(argv: list[str] | None = None) -> int:
         bound = lower_bound(args, work, records, concurrency) if "tsweep" in results else None
         trial_overhead = overhead(records, results["tsweep"]["wall_s"], min(info["ray_cpus"], args.trials)) \
             if "tsweep" in results else None
+        scale = scaling(args, space, space_file, work, info["ray_cpus"]) if args.scale else None
     finally:
         if not args.out_dir:
             shutil.rmtree(work, ignore_errors=True)
     say("\n" + table(results, bound, args, info, trial_overhead))
+    if scale is not None:
+        say(f"scale: wall s at {scale['trials']} trials: tsweep {scale['wall_s']['tsweep']}, naive "
+            f"{scale['wall_s']['naive_ray']}; marginal s per extra trial: tsweep "
+            f"{scale['marginal_s_per_trial']['tsweep']}, naive {scale['marginal_s_per_trial']['naive_ray']} "
+            f"(tsweep / naive {scale['tsweep_over_naive']})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures(results, bound, trial_overhead), indent=1) + "\n")
+        args.json.write_text(json.dumps({**figures(results, bound, trial_overhead), "scale": scale}, indent=1) + "\n")
         say(f"figures written to {args.json}")
     return 0
 

@@ -9,14 +9,15 @@ from typing import Any, Callable
 
 from ray.tune import Callback
 
+from tsweep.files import atomic_write_json
 from tsweep.search.leaderboard import status_counts
 from tsweep.search.objective import Objective
-from tsweep.search.records import atomic_write_json, final_status, trial_path
+from tsweep.search.records import final_status, trial_path
 from tsweep.search.trial import ERROR_KEY
 from tsweep.spaces.config import TrialConfig
 
 # Per-epoch keys kept in a trial record (Ray adds many bookkeeping fields we do not need).
-KEPT = ("epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s", "rss_mb")
+KEPT = ("epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s", "stage_s", "rss_mb")
 
 
 class SweepRecorder(Callback):

@@ -28,6 +28,10 @@ def test_presets_and_overrides(bench):
     assert bench.parse_args(["--weights", "none"]).weights == "none"
     with pytest.raises(SystemExit):
         bench.parse_args(["--only", "a,d"])
+    assert full.scale == [] and bench.parse_args(["--scale", "96,24"]).scale == [24, 96]
+    for bad in ("24", "24,x", "0,5"):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--scale", bad])
 
 
 def test_space_is_valid_and_shared(bench, tmp_path):

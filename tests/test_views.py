@@ -187,3 +187,25 @@ def test_a_deeper_cutoff_is_made_from_a_shallower_cached_one(data, tmp_path, mon
                                rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(top, direct.get(split_model(model, cfg, 17, pooled=True)[0], 17, True, "train",
                                                view), rtol=1e-5, atol=1e-5)
+
+
+def test_a_warmup_makes_the_finetune_cutoffs_activations_first(data, tmp_path, monkeypatch):
+    # Warm-up trains on the whole backbone's output, fine-tuning on cutoff 12's: the blocks below 12 run once,
+    # for the images and for each view (the warm-up's activations come from cutoff 12's).
+    from tsweep.trainers import split as split_module
+    from tsweep.trainers.train import train
+
+    bridges = []
+    real = split_module.bridge_model
+    monkeypatch.setattr(split_module, "bridge_model", lambda *a, **k: bridges.append(a[2:4]) or real(*a, **k))
+    cache = FeatureCache(tmp_path / "f", 10**8)
+    train(config(freeze_cutoff=12, epochs=3, warmup_epochs=1, augmentation_views=2), data, feature_cache=cache)
+    from tsweep.trainers.views import view_of
+
+    assert bridges == [(12, 17)] * 2  # the warm-up's train view and the val images, each once
+    made = sorted((e["what"], e["split"], e["cutoff"], e.get("view")) for e in
+                  entries(cache, "prefix_features") + entries(cache, "view_features"))
+    warm, fine = view_of(0, 2, 0), {view_of(e, 2, 0) for e in (1, 2)}
+    train_views = {("view_features", "train", 17, warm)} | {("view_features", "train", 12, v) for v in {warm} | fine}
+    assert made == sorted([("prefix_features", "val", 12, None), ("prefix_features", "val", 17, None),
+                           *train_views])

@@ -174,8 +174,15 @@ class PrefixFeatures:
         return self.cache.get_or_compute(parts, lambda: self._compute(prefix, cutoff, pooled, split, view))
 
     def _compute(self, prefix: Any, cutoff: int, pooled: bool, split: str, view: int | None) -> np.ndarray:
-        from tsweep.trainers.split import bridge_model
+        from tsweep.trainers.split import bridge_model, split_model
 
+        own = self.cfg.cutoff()
+        if 0 < own < cutoff and self.cfg.epochs > self.cfg.warmup_epochs and not self.cfg.is_feature_extraction():
+            # A warm-up before fine-tuning at `own`: make `own`'s activations first (the fine-tune phase needs
+            # them) and go on from them, so no block below `own` runs twice.
+            below = self.get(split_model(self.model, self.cfg, own)[0], own, False, split, view)
+            return prefix_features(bridge_model(self.model, self.cfg, own, cutoff, pooled=pooled), below,
+                                   PREDICT_BATCH)
         for shallower in range(cutoff - 1, 0, -1):  # the deepest cached activations below `cutoff`
             parts = self.key(shallower, False, split, view)
             if self.cache.key(parts) in self.cache.in_memory_keys() or self.cache.path(parts).exists():
