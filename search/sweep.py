@@ -90,6 +90,27 @@ def check_options(opts: SweepOptions) -> None:
     if opts.cpus_per_trial <= 0 or opts.gpus_per_trial < 0:
         raise SweepConfigError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0, got "
                                f"{opts.cpus_per_trial} and {opts.gpus_per_trial}")
+    if not 0 <= opts.seed <= 2**31 - 1:
+        raise SweepConfigError(f"--seed: {out_of_range('seed', 0, 2**31 - 1, opts.seed)}")
+    if opts.address is None:  # a local Ray has this machine's resources only: a trial that cannot fit waits forever
+        check_local_resources(opts.cpus_per_trial, opts.gpus_per_trial)
+
+
+def check_local_resources(cpus: float, gpus: float) -> None:
+    """A trial's resources must fit this machine when the sweep runs on a local Ray."""
+    have = os.cpu_count() or 1
+    if cpus > have:
+        raise SweepConfigError(f"--cpus-per-trial {cpus:g} is more than this machine's {have} CPUs: a local sweep "
+                               f"could never start a trial; pass at most --cpus-per-trial {have}, or --address of "
+                               "a Ray cluster with larger nodes")
+    if gpus > 0:
+        from tsweep.trainers.runtime import visible_gpus
+
+        count = visible_gpus()
+        if gpus > count:
+            raise SweepConfigError(f"--gpus-per-trial {gpus:g} needs more GPUs than this machine's {count}: a local "
+                                   "sweep could never start a trial; drop --gpus-per-trial or pass --address of a "
+                                   "Ray cluster with GPU nodes")
 
 
 def candidates(space: Space, key: str) -> list:
@@ -124,13 +145,16 @@ def prepare(opts: SweepOptions, progress: Callable[[str], None] = print) -> tupl
 
     Returns the space with overrides applied, the data options for trials and the sweep folder.
     """
+    from tsweep.files import is_uri
     from tsweep.trainers.data import default_cache_dir, discover, load_dataset
     from tsweep.trainers.decoded_cache import cache_key
-    from tsweep.trainers.remote import is_uri, local_data_dir
+    from tsweep.trainers.remote import local_data_dir
 
     check_options(opts)
     name = check_name(opts.name or time.strftime("sweep-%Y%m%d-%H%M%S"))
     root = Path(opts.results_dir).resolve() / name
+    if root.exists() and not root.is_dir():
+        raise SweepConfigError(f"--name {name}: {root} is a file, not a sweep folder: pass another --name")
     if root.exists() and any(root.iterdir()):
         raise SweepConfigError(f"{root} already holds a sweep: pass another --name, `tsweep resume {root}`, "
                                "or remove the folder")
@@ -169,7 +193,7 @@ def experiment_path(opts: SweepOptions, root: Path) -> str:
     """Where Ray Tune keeps this sweep's experiment state and checkpoints (what `tsweep resume` restores)."""
     if not opts.storage:
         return str(root)
-    from tsweep.trainers.remote import is_uri
+    from tsweep.files import is_uri
 
     if is_uri(opts.storage):
         return f"{opts.storage.rstrip('/')}/{root.name}"

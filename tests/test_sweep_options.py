@@ -130,3 +130,33 @@ def test_prepare_prints_the_override_notice(shapes_dir, tmp_path, monkeypatch):
     space, _, _ = sweep.prepare(opts, progress=lines.append)
     assert lines[0] == "--max-epochs 1 is shorter than the space's warmup_epochs 2: warm-up shortened to 1 epoch"
     assert space.sample()["warmup_epochs"] == 1 and space.sample()["epochs"] == 1
+
+
+def test_resources_a_local_ray_can_never_provide_are_refused(monkeypatch):
+    from tsweep.trainers import runtime
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(runtime, "visible_gpus", lambda: 0)
+    with pytest.raises(SweepConfigError, match="--cpus-per-trial 3 is more than this machine's 2 CPUs"):
+        check_options(SweepOptions(data="d", cpus_per_trial=3))
+    with pytest.raises(SweepConfigError, match="--gpus-per-trial 0.5 needs more GPUs than this machine's 0"):
+        check_options(SweepOptions(data="d", gpus_per_trial=0.5))
+    check_options(SweepOptions(data="d", cpus_per_trial=2))  # fits
+    check_options(SweepOptions(data="d", gpus_per_trial=3, address="auto"))  # a cluster's nodes may have them
+    monkeypatch.setattr(runtime, "visible_gpus", lambda: 1)
+    check_options(SweepOptions(data="d", gpus_per_trial=0.5))
+
+
+@pytest.mark.parametrize("seed", [-1, 2**31])
+def test_a_seed_out_of_range_is_refused(seed):
+    with pytest.raises(SweepConfigError, match=r"--seed: `seed` must be in \[0, 2147483647\]"):
+        check_options(SweepOptions(data="d", seed=seed))
+
+
+def test_a_name_that_is_a_file_is_refused(tmp_path, shapes_dir):
+    from tsweep.search.sweep import prepare
+
+    (tmp_path / "README.md").write_text("not a sweep")
+    with pytest.raises(SweepConfigError, match="--name README.md: .*README.md is a file, not a sweep folder"):
+        prepare(SweepOptions(data=str(shapes_dir), name="README.md", results_dir=str(tmp_path)),
+                progress=lambda _: None)
