@@ -4,7 +4,7 @@ Every trial loads the JPEGs itself with `keras.utils.image_dataset_from_director
 are decoded again every epoch, as in the TensorFlow transfer-learning tutorial, which only prefetches),
 builds and compiles the full model and trains it end to end, reporting once per epoch from a Keras
 callback (no checkpoints). No warm-up phase: the layers above the cutoff train from the first epoch.
-Kept equal to tsweep on purpose: the param_space (the same `Space.to_ray()` and the same seeded
+Kept equal to tsweep on purpose: the param_space (the same `search.ray_space.to_ray` and the same seeded
 BasicVariantGenerator, so both sample the same configs), ASHA's settings, 1 CPU per trial, the backbone
 and its weights, the freeze (`tsweep.trainers.backbones.freeze`) and the "light" augmentation layers.
 """
@@ -113,6 +113,8 @@ def run(space: Any, data_dir: Path, image_size: int, trials: int, max_epochs: in
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    from tsweep.search.ray_space import to_ray
+
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import benchmarks/
     num_classes = len([d for d in split_dirs(data_dir)[0].iterdir() if d.is_dir() and not d.name.startswith(".")])
     # The same Ray settings as tsweep's local Ray (no dashboard, worker output not copied to the driver).
@@ -120,7 +122,7 @@ def run(space: Any, data_dir: Path, image_size: int, trials: int, max_epochs: in
              runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
     tuner = tune.Tuner(
         tune.with_resources(make_trainable(data_dir, image_size, num_classes, seed), {"cpu": 1}),
-        param_space=space.to_ray(),
+        param_space=to_ray(space),
         tune_config=tune.TuneConfig(
             metric="val_accuracy", mode="max", num_samples=trials,
             scheduler=ASHAScheduler(max_t=max_epochs, grace_period=1, reduction_factor=3),

@@ -129,7 +129,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_backbones(args: argparse.Namespace) -> int:
     from tsweep.search.leaderboard import render_table
-    from tsweep.trainers.backbones import describe
+    from tsweep.spaces.backbones import describe
 
     rows = [{k: (", ".join(v) if isinstance(v, (list, tuple)) else v) for k, v in row.items()}
             for row in describe()]

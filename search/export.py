@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tsweep.errors import SweepConfigError
+from tsweep.files import atomic_write_json
 from tsweep.search.objective import Objective
-from tsweep.search.records import EXPORT_DIR, atomic_write_json, read_sweep, read_trials
+from tsweep.search.records import EXPORT_DIR, read_sweep, read_trials
 
 
 def pick_trial(trials: list[dict], objective: Objective, trial_id: str | None = None) -> dict:
@@ -133,8 +134,8 @@ def best_checkpoint(info: dict, trial: dict, objective: Objective) -> Path:
     Raises:
         SweepConfigError: the sweep's storage is not a local folder, or the trial has no checkpoint there.
     """
+    from tsweep.files import is_uri
     from tsweep.trainers.checkpoint import STATE_FILE
-    from tsweep.trainers.remote import is_uri
 
     experiment = info.get("experiment", "")
     if is_uri(experiment):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from tsweep.errors import SweepConfigError
-from tsweep.search.objective import Objective
+from tsweep.search.objective import Objective, is_number
 from tsweep.search.records import STATUSES
 
 FORMATS = ("table", "csv", "json", "markdown", "html")
@@ -112,7 +112,7 @@ def render_html(rows: Sequence[dict]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
 
     def cell(column: str, value: Any) -> str:
-        kind = "num" if isinstance(value, (int, float)) and not isinstance(value, bool) else "text"
+        kind = "num" if is_number(value, finite=False) else "text"
         if column == "status":
             kind += f" status-{html.escape(str(value))}"
         return f'<td class="{kind}">{html.escape(fmt(value))}</td>'

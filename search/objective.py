@@ -38,7 +38,7 @@ class Objective:
 
     def sort_key(self, value: Any) -> float:
         """Ascending sort key: best first, missing/NaN last."""
-        if not _is_number(value):
+        if not is_number(value):
             return math.inf
         return -float(value) if self.mode == "max" else float(value)
 
@@ -47,10 +47,12 @@ class Objective:
         best: tuple[int | None, float | None] = (None, None)
         for row in history:
             value = row.get(self.metric)
-            if _is_number(value) and (best[1] is None or self.better(value, best[1])):
+            if is_number(value) and (best[1] is None or self.better(value, best[1])):
                 best = (row.get("epoch"), float(value))
         return best
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def is_number(value: Any, finite: bool = True) -> bool:
+    """True for an int or a float (not a bool); with `finite` (the default) only a finite one, no NaN or inf."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and (not finite or math.isfinite(value)))

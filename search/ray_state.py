@@ -60,7 +60,7 @@ def repair_stale_checkpoints(experiment: str, progress: Callable[[str], None] = 
     """
     import pyarrow.fs
 
-    from tsweep.trainers.remote import is_uri
+    from tsweep.files import is_uri
 
     try:
         if is_uri(experiment):

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from tsweep.errors import SweepConfigError
+from tsweep.files import is_uri
 from tsweep.search.objective import Objective
 from tsweep.search.records import SWEEP_FILE, TRIALS_DIR
-from tsweep.trainers.remote import is_uri
 
 
 @dataclass

@@ -1,37 +1,23 @@
 """A sweep on disk: `sweep.json` (what was asked) and `trials/<id>.json` (one record per trial).
 
-The driver rewrites a trial's record after every event, atomically (temp file + rename), so a reader in
-another terminal (`tsweep leaderboard` during a sweep) never sees half a file and needs no Ray.
+The driver rewrites a trial's record after every event, atomically (temp file + rename,
+``tsweep.files.atomic_write_json``), so a reader in another terminal (`tsweep leaderboard` during a sweep)
+never sees half a file and needs no Ray.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
 
 from tsweep.errors import SweepConfigError
+from tsweep.files import atomic_write_json
 
 SWEEP_FILE = "sweep.json"
 TRIALS_DIR = "trials"
 EXPORT_DIR = "export"
 STATUSES = ("running", "completed", "pruned", "failed", "pending")
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    """Write JSON so that readers see the old file or the new one, never a partial one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def sweep_dir(path: str | Path) -> Path:

@@ -10,18 +10,17 @@ computes; `write_report` writes the files.
 from __future__ import annotations
 
 import html
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
 from tsweep.errors import SweepConfigError
+from tsweep.files import atomic_open, is_uri
 from tsweep.search import report_plots as plots
 from tsweep.search import report_stats as stats
 from tsweep.search.leaderboard import board, render_html, status_counts
 from tsweep.search.objective import Objective
-from tsweep.search.reader import SweepSnapshot, is_uri, read_snapshot
+from tsweep.search.reader import SweepSnapshot, read_snapshot
 from tsweep.search.records import EXPORT_DIR
 from tsweep.search.report_html import Figures, Section, facts_table, importance_table, note, render_page
 from tsweep.search.report_winner import winner_sections
@@ -98,22 +97,6 @@ def build_sections(root: Path, max_images: int = 8, progress: Callable[[str], No
     return snap, sections, figures
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Temp file + rename: a browser reloading the report never sees half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; a report is meant to be shared and served
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(sweep: str | Path, out: str | Path | None = None, max_images: int = 8,
                  progress: Callable[[str], None] = print) -> Path:
     """Write the HTML report of a sweep and its plots as PNGs in `<out stem>_files/` beside it.
@@ -139,11 +122,15 @@ def write_report(sweep: str | Path, out: str | Path | None = None, max_images: i
     snap, sections, figures = build_sections(root, max_images, progress)
     out = Path(out) if out else root / "report.html"
     files = out.parent / f"{out.stem}_files"
+    # Temp file + rename, readable like any file (a report is meant to be shared and served): a browser
+    # reloading the report never sees half of it.
     for name, data in figures.items.items():
-        _atomic_write(files / name, data)
+        with atomic_open(files / name, shared=True) as f:
+            f.write(data)
     for stale in files.glob("*.png") if files.is_dir() else []:  # plots of an older report that are gone now
         if stale.name not in figures.items:
             stale.unlink()
     page = render_page(f"tsweep report: {snap.name}", sections, time.strftime("%Y-%m-%d %H:%M:%S"))
-    _atomic_write(out, page.encode("utf-8"))
+    with atomic_open(out, shared=True) as f:
+        f.write(page.encode("utf-8"))
     return out

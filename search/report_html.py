@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tsweep.search.leaderboard import fmt
+from tsweep.search.objective import is_number
 
 
 @dataclass
@@ -46,7 +47,7 @@ def figure_html(data: bytes, alt: str, caption: str) -> str:
 
 
 def _cell(value: Any) -> str:
-    kind = "num" if isinstance(value, (int, float)) and not isinstance(value, bool) else "text"
+    kind = "num" if is_number(value, finite=False) else "text"
     return f'<td class="{kind}">{html.escape(fmt(value))}</td>'
 
 

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from tsweep.search.leaderboard import fmt
-from tsweep.search.objective import Objective
+from tsweep.search.objective import Objective, is_number
 from tsweep.search.report_stats import best_values, category_order, is_categorical
 
 # Line style and end marker per trial status: pruned trials end dashed, with an x where ASHA stopped them.
@@ -66,8 +66,7 @@ def curves_png(trials: Sequence[dict], metric: str, rungs: Sequence[int] = (), m
         style, marker = STATUS_STYLE.get(t.get("status", ""), OTHER_STYLE)
         colour = f"C{i % 10}"
         for ax, m in zip(axes, metrics):
-            points = [(h["epoch"], h[m]) for h in t.get("history", []) if isinstance(h.get(m), (int, float))
-                      and "epoch" in h and math.isfinite(h[m])]
+            points = [(h["epoch"], h[m]) for h in t.get("history", []) if is_number(h.get(m)) and "epoch" in h]
             if not points:
                 continue
             x, y = zip(*points)

@@ -4,13 +4,12 @@ precision and recall, the most confident mistakes. Pure numpy functions of trial
 
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from tsweep.search.leaderboard import fmt
-from tsweep.search.objective import Objective
+from tsweep.search.objective import Objective, is_number
 
 
 def asha_rungs(grace_period: int, reduction_factor: int, max_t: int) -> list[int]:
@@ -33,10 +32,6 @@ def best_values(trials: Iterable[dict], objective: Objective) -> list[tuple[dict
         if value is not None:
             out.append((t, value))
     return out
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def is_categorical(values: Sequence[Any], kind: str | None = None) -> bool:

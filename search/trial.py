@@ -35,7 +35,7 @@ def make_trainable(data_options: dict[str, Any], mixed_precision: bool = False,
 
         from tsweep.errors import SweepConfigError, TrialError
         from tsweep.trainers.checkpoint import checkpoint_epoch, save_checkpoint
-        from tsweep.trainers.runtime import configure_tensorflow
+        from tsweep.trainers.runtime import configure_tensorflow, fresh_session
 
         fresh_session()
         context = ray.get_runtime_context()
@@ -126,38 +126,6 @@ def feature_cache(features: dict[str, Any] | None, cache_dir: str | None) -> Any
     if key not in _FEATURE_CACHES:
         _FEATURE_CACHES[key] = FeatureCache(root / FEATURES_SUBDIR, features["memory_bytes"], features["dtype"])
     return _FEATURE_CACHES[key]
-
-
-def fresh_session() -> None:
-    """Drop what the previous trial of a reused worker left behind (Keras graphs, layers, optimizers),
-    so memory levels off instead of growing trial after trial."""
-    import gc
-    import sys
-
-    if "keras" in sys.modules:
-        sys.modules["keras"].backend.clear_session()
-    _forget_custom_gradients()
-    gc.collect()
-
-
-def _forget_custom_gradients() -> None:
-    """Unregister the gradient functions TensorFlow registered for `tf.custom_gradient` calls in traced graphs.
-
-    Keras 3's TensorFlow optimizer sums gradients with `ReplicaContext.all_reduce` (also under the default
-    strategy), which is a `tf.custom_gradient`; in a traced train step that registers a function named
-    "CustomGradient-<uid>" in TF's global gradient registry, and nothing ever removes it (TF 2.21). Its
-    closure holds the traced train-step graph, so every trial kept its whole train function alive (graph,
-    ops, cond-branch functions in the eager context): ~4.5 MB a trial on cached features, ~28 MB end to end.
-    The previous trials' graphs are never differentiated again, so their entries can go; call this only
-    between trials (a graph traced before it cannot be differentiated symbolically after it).
-    """
-    import sys
-
-    ops = sys.modules.get("tensorflow.python.framework.ops")
-    entries = getattr(getattr(ops, "_gradient_registry", None), "_registry", None)
-    if isinstance(entries, dict):  # a private TF structure: do nothing if it ever changes shape
-        for name in [name for name in entries if str(name).startswith("CustomGradient-")]:
-            entries.pop(name, None)
 
 
 def rss_mb() -> float:

@@ -6,11 +6,12 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from tsweep.files import is_uri
 from tsweep.search.objective import Objective
+from tsweep.search.ray_space import to_ray
 from tsweep.search.recorder import SweepRecorder
 from tsweep.search.trial import make_trainable
 from tsweep.spaces.space import Space
-from tsweep.trainers.remote import is_uri
 
 # Trials inherit these: quiet TensorFlow's C++ logging, and stop Ray from copying every worker's
 # output to the driver's terminal (the recorder prints progress instead).
@@ -101,7 +102,7 @@ def run_tuner(opts: Any, space: Space, data_options: dict, root: Path, objective
     recorder = SweepRecorder(root, objective, total=opts.num_samples, printer=progress)
     tuner = tune.Tuner(
         trainable,
-        param_space=space.to_ray(),
+        param_space=to_ray(space),
         tune_config=tune.TuneConfig(
             metric=objective.metric, mode=objective.mode, num_samples=opts.num_samples,
             scheduler=make_scheduler(max_epochs, opts.grace_period, opts.reduction_factor),

@@ -1,7 +1,8 @@
 """One trial's configuration: every hyperparameter a trainer understands, with grouped defaults.
 
 A search space (``spaces/*.yaml``) samples some of these keys and fixes the others; whatever it leaves out
-takes the default below. The trainer receives a plain dict and turns it into a ``TrialConfig`` with
+takes the default below (backbone names, cut points and input sizes are checked against the registry in
+``spaces.backbones``). The trainer receives a plain dict and turns it into a ``TrialConfig`` with
 ``TrialConfig.from_dict``, which rejects unknown keys by name and checks every range, so a typo in a space
 file or a bad override fails before any trial starts.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tsweep.errors import SweepConfigError, out_of_range
+from tsweep.spaces.backbones import MAX_IMAGE_SIZE, get_spec
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 AUGMENTATIONS = ("none", "light", "strong")
@@ -60,8 +62,6 @@ class TrialConfig:
         check_keys(values, source)
         coerced = {k: coerce(k, v, source) for k, v in values.items()}
         if "backbone" in coerced:  # store the canonical name whatever the spelling ("MobileNetV2")
-            from tsweep.trainers.backbones import get_spec
-
             try:
                 coerced["backbone"] = get_spec(coerced["backbone"]).name
             except SweepConfigError as e:
@@ -75,8 +75,6 @@ class TrialConfig:
 
     def validate(self, source: str = "config") -> None:
         """Check every range; raise SweepConfigError naming `source`, the key and the fix."""
-        from tsweep.trainers.backbones import get_spec  # no TensorFlow import there
-
         spec = get_spec(self.backbone)
         for key, lo, hi in RANGES:
             value = getattr(self, key)
@@ -96,7 +94,7 @@ class TrialConfig:
                 f"({spec.name} has {spec.max_cutoff} cut points; `tsweep backbones` lists them)")
         if self.image_size < spec.min_size:
             raise SweepConfigError(
-                f"{source}: {out_of_range('image_size', spec.min_size, 2048, self.image_size)} "
+                f"{source}: {out_of_range('image_size', spec.min_size, MAX_IMAGE_SIZE, self.image_size)} "
                 f"({spec.name} needs at least {spec.min_size} px)")
         if self.alpha != 1.0 and not spec.has_alpha:
             raise SweepConfigError(f"{source}: `alpha` applies to the MobileNet family only; "
@@ -107,8 +105,6 @@ class TrialConfig:
 
     def cutoff(self) -> int:
         """The freeze cutoff in block boundaries of this backbone (fraction and default resolved)."""
-        from tsweep.trainers.backbones import get_spec
-
         top = get_spec(self.backbone).max_cutoff
         if self.freeze_cutoff is not None:
             return self.freeze_cutoff
@@ -118,15 +114,13 @@ class TrialConfig:
 
     def is_feature_extraction(self) -> bool:
         """True when the whole backbone stays frozen (bottleneck features; no warm-up phase needed)."""
-        from tsweep.trainers.backbones import get_spec
-
         return self.cutoff() == get_spec(self.backbone).max_cutoff
 
 
 # (key, low, high): numeric ranges checked for every config and every space distribution bound.
 RANGES = (
     ("alpha", 0.1, 2.0),
-    ("image_size", 32, 2048),
+    ("image_size", 32, MAX_IMAGE_SIZE),
     ("head_size", 0, 16384),
     ("dropout", 0.0, 0.95),
     ("freeze_fraction", 0.0, 1.0),

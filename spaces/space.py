@@ -1,4 +1,4 @@
-"""Search spaces: which hyperparameters vary, declared in YAML, compiled to Ray Tune and to KerasTuner.
+"""Search spaces: which hyperparameters vary, declared in YAML, parsed and validated here.
 
 A space file is a flat mapping of TrialConfig keys (see ``config.py``) to either a fixed value or one
 distribution::
@@ -11,9 +11,10 @@ distribution::
     freeze_cutoff: {randint: [12, 17]}          # integer in [low, high], both included
     epochs: {fixed: 12}                         # the same as `epochs: 12`
 
-Nothing here imports TensorFlow: a space is validated (unknown keys, bad distributions, out-of-range
-values) before any trial starts. Command-line overrides over a space (`tsweep run --backbone ...`) are
-``spaces.overrides``.
+Nothing here imports TensorFlow, Ray or the other subpackages: a space is validated (unknown keys, bad
+distributions, out-of-range values) before any trial starts. Command-line overrides over a space (`tsweep
+run --backbone ...`) are ``spaces.overrides``; compiling a space to Ray Tune's `param_space` is
+``search.ray_space.to_ray``, to KerasTuner's HyperParameters ``trainers.hypermodel.to_keras_tuner``.
 """
 
 from __future__ import annotations
@@ -86,39 +87,6 @@ class Space:
         for key, value in overrides.items():
             params[key] = Dist("fixed", (coerce(key, value, f"override `{key}`"),))
         return validated(replace(self, params=MappingProxyType(params), source=source))
-
-    def to_ray(self) -> dict[str, Any]:
-        """Ray Tune `param_space`: tune.choice / uniform / loguniform / randint, or the plain fixed value."""
-        from ray import tune
-
-        out: dict[str, Any] = {}
-        for key, d in self.params.items():
-            if d.kind == "choice":
-                out[key] = tune.choice(list(d.values))
-            elif d.kind == "uniform":
-                out[key] = tune.uniform(*d.values)
-            elif d.kind == "loguniform":
-                out[key] = tune.loguniform(*d.values)
-            elif d.kind == "randint":
-                out[key] = tune.randint(d.values[0], d.values[1] + 1)  # Ray's upper bound is exclusive
-            else:
-                out[key] = d.values[0]
-        return out
-
-    def to_keras_tuner(self, hp: Any) -> dict[str, Any]:
-        """Declare every key on a `keras_tuner.HyperParameters` and return the config dict it yields."""
-        out: dict[str, Any] = {}
-        for key, d in self.params.items():
-            if d.kind == "choice":
-                out[key] = hp.Choice(key, list(d.values))
-            elif d.kind in ("uniform", "loguniform"):
-                out[key] = hp.Float(key, d.values[0], d.values[1],
-                                    sampling="log" if d.kind == "loguniform" else "linear")
-            elif d.kind == "randint":
-                out[key] = hp.Int(key, d.values[0], d.values[1])
-            else:
-                out[key] = hp.Fixed(key, d.values[0])
-        return out
 
     def sample(self, seed: int = 0) -> dict[str, Any]:
         """One config dict drawn without Ray (tests, previews)."""

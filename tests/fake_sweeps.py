@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from tsweep.search.records import atomic_write_json, trial_path, write_sweep
+from tsweep.files import atomic_write_json
+from tsweep.search.records import trial_path, write_sweep
 
 # A config that trains in seconds: tiny MobileNetV2, random init, 32 px, 2 epochs.
 TINY = {"backbone": "mobilenet_v2", "alpha": 0.35, "weights": "none", "image_size": 32, "batch_size": 16,

@@ -15,14 +15,8 @@ import numpy as np
 import pytest
 
 from tsweep.errors import SweepConfigError, out_of_range
-from tsweep.trainers.backbones import (
-    BACKBONES,
-    boundary_indices,
-    cut_index,
-    describe,
-    freeze,
-    get_spec,
-)
+from tsweep.spaces.backbones import BACKBONES, describe, get_spec
+from tsweep.trainers.backbones import boundary_indices, cut_index, freeze
 from tsweep.trainers.layers import Preprocess
 from tsweep.trainers.pretrained import build_backbone
 

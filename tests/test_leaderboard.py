@@ -10,10 +10,11 @@ import math
 import pytest
 
 from tsweep.errors import SweepConfigError
+from tsweep.files import atomic_write_json
 from tsweep.search.leaderboard import leaderboard_rows, render, render_table
 from tsweep.search.objective import Objective, default_mode
 from tsweep.search.recorder import progress_line
-from tsweep.search.records import atomic_write_json, final_status, read_trials, sweep_dir
+from tsweep.search.records import final_status, read_trials, sweep_dir
 
 
 def trial(tid, status, accs, losses=None, lr=1e-3, head=64, wall=10.0):

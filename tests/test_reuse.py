@@ -4,7 +4,7 @@ A reused worker used to grow ~5 MB per trial on cached features and ~28 MB per e
 each trial starts from keras.backend.clear_session(): Keras 3's TF optimizer all-reduces gradients through a
 tf.custom_gradient, and TF (2.21) registers each traced one as "CustomGradient-<uid>" in its global gradient
 registry, whose closure keeps the whole traced train step (graph, ops, functions) alive. `fresh_session`
-now drops those entries (`search.trial._forget_custom_gradients`).
+now drops those entries (`trainers.runtime._forget_custom_gradients`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def test_fresh_session_releases_the_previous_trials_train_step():
     from tensorflow.python.framework import ops
     from tensorflow.python.framework.func_graph import FuncGraph
 
-    from tsweep.search.trial import fresh_session
+    from tsweep.trainers.runtime import fresh_session
 
     def one_trial():
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])

@@ -55,7 +55,9 @@ def test_parse_kinds_and_yaml_exponent_strings(tmp_path):
 def test_compiles_to_ray_param_space(tmp_path):
     from ray.tune.search.sample import Categorical, Float, Integer
 
-    ray_space = load_space(write(tmp_path, GOOD)).to_ray()
+    from tsweep.search.ray_space import to_ray
+
+    ray_space = to_ray(load_space(write(tmp_path, GOOD)))
     assert isinstance(ray_space["head_size"], Categorical) and ray_space["head_size"].categories == [0, 16]
     assert isinstance(ray_space["dropout"], Float)
     assert isinstance(ray_space["learning_rate"], Float)
@@ -73,8 +75,10 @@ def test_compiles_to_ray_param_space(tmp_path):
 def test_compiles_to_keras_tuner_hyperparameters(tmp_path):
     import keras_tuner
 
+    from tsweep.trainers.hypermodel import to_keras_tuner
+
     hp = keras_tuner.HyperParameters()
-    config = load_space(write(tmp_path, GOOD)).to_keras_tuner(hp)
+    config = to_keras_tuner(load_space(write(tmp_path, GOOD)), hp)
     names = {p.name: type(p).__name__ for p in hp.space}
     assert names["head_size"] == "Choice" and names["dropout"] == "Float"
     assert names["freeze_cutoff"] == "Int" and names["backbone"] == "Fixed"

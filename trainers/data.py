@@ -23,9 +23,10 @@ from typing import Callable
 import numpy as np
 
 from tsweep.errors import SweepConfigError
+from tsweep.files import is_uri
 from tsweep.trainers import images as imgs
 from tsweep.trainers.decoded_cache import cache_key, load_or_decode  # noqa: F401 (cache_key: re-exported)
-from tsweep.trainers.remote import is_uri, local_data_dir
+from tsweep.trainers.remote import local_data_dir
 
 SPLITS = ("train", "val", "test")
 _SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "test"}

@@ -26,7 +26,6 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -36,6 +35,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from tsweep.files import atomic_open
 from tsweep.trainers.activations import prefix_features  # noqa: F401 (re-exported)
 from tsweep.trainers.cache_locks import hold, touch
 
@@ -242,19 +242,11 @@ class FeatureCache:
         touch(self.directory / f"{key}.json")
 
     def _write(self, target: Path, array: np.ndarray, key_parts: dict) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tmp", dir=self.directory)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.save(handle, array, allow_pickle=False)
-                handle.flush()
-                os.fsync(handle.fileno())
-            meta = json.dumps({"key_parts": key_parts, "shape": list(array.shape), "dtype": array.dtype.name},
-                              sort_keys=True, indent=1, default=str)
+        meta = json.dumps({"key_parts": key_parts, "shape": list(array.shape), "dtype": array.dtype.name},
+                          sort_keys=True, indent=1, default=str)
+        with atomic_open(target, suffix=".tmp", fsync=True) as handle:  # .<key>.npy.<random>.tmp meanwhile
+            np.save(handle, array, allow_pickle=False)
             target.with_suffix(".json").write_text(meta)  # informative only
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     def _load(self, key: str, target: Path) -> np.ndarray:
         mapped = np.load(target, mmap_mode="r", allow_pickle=False)

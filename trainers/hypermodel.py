@@ -1,7 +1,8 @@
 """The transfer model as a `keras_tuner.HyperModel`, so a tsweep space also runs under KerasTuner's tuners.
 
-`build` samples a config from the space through KerasTuner's HyperParameters; `fit` follows the same
-warm-up-then-fine-tune recipe as `tsweep.trainers.train.train`.
+`to_keras_tuner` declares a space's keys on KerasTuner's HyperParameters; `build` samples a config from
+the space through them; `fit` follows the same warm-up-then-fine-tune recipe as
+`tsweep.trainers.train.train`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,22 @@ import keras_tuner
 from tsweep.spaces.config import TrialConfig
 from tsweep.spaces.space import Space
 from tsweep.trainers.model import build_model, compile_model, set_cutoff
+
+
+def to_keras_tuner(space: Space, hp: keras_tuner.HyperParameters) -> dict[str, Any]:
+    """Declare every key of `space` on `hp` and return the config dict it yields."""
+    out: dict[str, Any] = {}
+    for key, d in space.params.items():
+        if d.kind == "choice":
+            out[key] = hp.Choice(key, list(d.values))
+        elif d.kind in ("uniform", "loguniform"):
+            out[key] = hp.Float(key, d.values[0], d.values[1],
+                                sampling="log" if d.kind == "loguniform" else "linear")
+        elif d.kind == "randint":
+            out[key] = hp.Int(key, d.values[0], d.values[1])
+        else:
+            out[key] = hp.Fixed(key, d.values[0])
+    return out
 
 
 class TransferHyperModel(keras_tuner.HyperModel):
@@ -27,7 +44,7 @@ class TransferHyperModel(keras_tuner.HyperModel):
         self.num_classes = num_classes
 
     def config(self, hp: keras_tuner.HyperParameters) -> TrialConfig:
-        return TrialConfig.from_dict(self.space.to_keras_tuner(hp), self.space.source)
+        return TrialConfig.from_dict(to_keras_tuner(self.space, hp), self.space.source)
 
     def build(self, hp: keras_tuner.HyperParameters) -> Any:
         cfg = self.config(hp)

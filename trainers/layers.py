@@ -1,16 +1,20 @@
-"""Custom Keras layers of tsweep models, registered so saved models load with ``safe_mode=True``.
+"""Custom Keras layers of tsweep models, registered so saved models load with ``safe_mode=True``, and their
+equivalents in Keras's own layers for exports.
 
 A ``Lambda`` layer would serialize Python bytecode, which ``safe_mode`` refuses to load; a registered
-layer serializes as its name and config only.
+layer serializes as its name and config only, but loading it still needs tsweep imported. Trials and
+checkpoints use ``Preprocess``; an export replaces it with ``builtin_preprocess`` (see
+``search.formats.portable_model``), so the exported model loads and converts where tsweep is not installed.
 """
 
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 from tsweep.errors import SweepConfigError
-from tsweep.trainers.backbones import CAFFE_MEAN_BGR, PREPROCESS_MODES, TORCH_MEAN, TORCH_STD
+from tsweep.spaces.backbones import CAFFE_MEAN_BGR, PREPROCESS_MODES, TORCH_MEAN, TORCH_STD
 
 
 @keras.saving.register_keras_serializable(package="tsweep")
@@ -60,3 +64,37 @@ class Preprocess(keras.layers.Layer):
         config = super().get_config()
         config["mode"] = self.mode
         return config
+
+
+def builtin_preprocess(mode: str, name: str = "preprocess", dtype: object = None) -> keras.layers.Layer:
+    """A layer of Keras's own that computes what ``Preprocess(mode)`` does, for exports that load anywhere.
+
+    A model holding it loads with ``keras.saving.load_model(path, safe_mode=True)`` in a Python without
+    tsweep, and converts to LiteRT and ONNX with built-in operations only:
+
+    - "tf": ``Rescaling(1 / 127.5, offset=-1)``.
+    - "caffe": a frozen ``Dense(3)`` on the channel axis whose kernel is the RGB -> BGR permutation and whose
+      bias is minus CAFFE_MEAN_BGR (products by 0 and 1 are exact: the same numbers as a flip and a subtraction).
+    - "torch": ``Rescaling`` with per-channel scale 1 / (255 std) and offset -mean / std.
+    - "none": ``Identity``.
+
+    Args:
+        mode: one of PREPROCESS_MODES.
+        name: the layer's name; default "preprocess", as in trainers.model.build_model.
+        dtype: its dtype policy, e.g. the Preprocess layer's own; default None (the global policy).
+    """
+    if mode not in PREPROCESS_MODES:
+        raise SweepConfigError(f"unknown preprocessing mode {mode!r}: choose one of {', '.join(PREPROCESS_MODES)}")
+    if mode == "tf":
+        return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name=name, dtype=dtype)
+    if mode == "torch":
+        mean, std = np.asarray(TORCH_MEAN, dtype="float64"), np.asarray(TORCH_STD, dtype="float64")
+        return keras.layers.Rescaling([float(s) for s in 1.0 / (255.0 * std)],
+                                      offset=[float(o) for o in -mean / std], name=name, dtype=dtype)
+    if mode == "caffe":
+        layer = keras.layers.Dense(3, name=name, dtype=dtype, trainable=False)
+        layer.build((None, None, None, 3))
+        layer.set_weights([np.ascontiguousarray(np.eye(3, dtype="float32")[::-1]),  # x[2], x[1], x[0]
+                           -np.asarray(CAFFE_MEAN_BGR, dtype="float32")])
+        return layer
+    return keras.layers.Identity(name=name, dtype=dtype)

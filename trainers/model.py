@@ -10,8 +10,9 @@ from typing import Any
 
 import keras
 
+from tsweep.spaces.backbones import get_spec
 from tsweep.spaces.config import TrialConfig
-from tsweep.trainers.backbones import freeze, get_spec
+from tsweep.trainers.backbones import freeze
 from tsweep.trainers.layers import Preprocess
 from tsweep.trainers.pretrained import build_backbone
 

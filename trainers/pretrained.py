@@ -1,4 +1,4 @@
-"""Build a backbone of the registry (``trainers.backbones``) with its weights: Keras's ImageNet download, a
+"""Build a backbone of the registry (``spaces.backbones``) with its weights: Keras's ImageNet download, a
 local weights file, or random init, with errors that name the bad size, alpha or file and the fix.
 
 A process keeps the pretrained weights it has loaded (a few entries, keyed by file path, size and mtime),
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tsweep.errors import SweepConfigError, out_of_range
-from tsweep.trainers.backbones import MAX_IMAGE_SIZE, BackboneSpec, get_spec
+from tsweep.spaces.backbones import MAX_IMAGE_SIZE, BackboneSpec, get_spec
 
 if TYPE_CHECKING:
     import keras

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Callable
 
 from tsweep.errors import SweepConfigError
+from tsweep.files import is_uri
 
 DONE = ".complete"
 _HELD: dict[str, IO] = {}  # copy folder -> its open .complete marker, shared-locked for this process's life
@@ -33,10 +34,6 @@ def _hold(target: Path) -> bool:
         _HELD[str(target)] = handle
     touch(target / DONE)
     return True
-
-
-def is_uri(data_dir: str | os.PathLike) -> bool:
-    return "://" in str(data_dir)
 
 
 def local_data_dir(data_dir: str | os.PathLike, cache_dir: Path,

@@ -3,7 +3,7 @@
 A model from ``trainers.model.build_model`` is the linear chain
 ``image -> [augmentation] -> preprocess -> backbone -> pool -> [hidden] -> [dropout] -> probabilities``, with
 the backbone a nested functional model (layer "backbone"). Cutting it at boundary ``cutoff`` (the layer
-``BackboneSpec.boundaries[cutoff - 1]``, see ``trainers.backbones``) gives
+``BackboneSpec.boundaries[cutoff - 1]``, see ``spaces.backbones``) gives
 
 * ``prefix``: image -> preprocess -> the backbone's layers up to and including the boundary. Augmentation
   layers are left out: the prefix is meant for inference (cached features), where they are the identity.
@@ -27,7 +27,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tsweep.trainers.backbones import cut_index, get_spec
+from tsweep.spaces.backbones import get_spec
+from tsweep.trainers.backbones import cut_index
 from tsweep.trainers.model import BACKBONE_LAYER
 
 if TYPE_CHECKING:

@@ -179,7 +179,7 @@ def fit_epoch(model: Any, x: Any, y: Any, validation: tuple | None, cfg: TrialCo
 
 
 def max_cutoff(cfg: TrialConfig) -> int:
-    from tsweep.trainers.backbones import get_spec
+    from tsweep.spaces.backbones import get_spec
 
     return get_spec(cfg.backbone).max_cutoff
 

@@ -2,7 +2,8 @@
 
 The code lives in three subpackages, mapped from the repository's top-level folders:
 ``tsweep.spaces`` (what may vary), ``tsweep.trainers`` (one config -> one trained model) and
-``tsweep.search`` (Ray Tune wiring, CLI, results and export).
+``tsweep.search`` (Ray Tune wiring, CLI, results and export). ``tsweep.spaces`` imports nothing from the
+other two (nor TensorFlow or Ray); the three share ``tsweep.errors`` and ``tsweep.files``.
 """
 
 __version__ = "0.1.0"
