@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,litert,onnx]"
 	touch $(STAMP)
 
 demo: $(STAMP)  ## a small ASHA sweep on generated images, its leaderboard, the exported winner, predictions

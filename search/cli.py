@@ -33,7 +33,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction, seed=args.seed, cache_dir=args.cache_dir, export=not args.no_export,
         storage=args.storage, mixed_precision=args.mixed_precision, reuse_workers=not args.no_reuse_workers,
         feature_cache=not args.no_feature_cache, cache_memory=args.cache_memory or "",
-        cache_float16=args.cache_float16, cache_disk=args.cache_disk or "")
+        cache_float16=args.cache_float16, cache_disk=args.cache_disk or "", formats=args.formats)
     return finish(run_sweep(opts, progress=log), opts.export)
 
 
@@ -100,7 +100,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from tsweep.search.export import export_winner
 
-    out = export_winner(Path(args.sweep), trial_id=args.trial, retrain=not args.from_trial, progress=log)
+    out = export_winner(Path(args.sweep), trial_id=args.trial, retrain=not args.from_trial, progress=log,
+                        formats=args.formats)
     log(f"exported to {out}")
     return 0
 
@@ -110,8 +111,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.top < 1:
         raise SweepConfigError(f"`--top` must be at least 1, got {args.top}")
-    images = expand_images(args.images)
-    rows, skipped = predict_images(args.export, images, k=args.top)
+    # --model names the model: then every positional argument is an image
+    model, inputs = (args.model, [args.export, *args.images]) if args.model else (args.export, args.images)
+    if not inputs:
+        raise SweepConfigError("no IMAGE given: `tsweep predict EXPORT IMAGE...` or `tsweep predict --model FILE "
+                               "IMAGE...`")
+    images = expand_images(inputs)
+    rows, skipped = predict_images(model, images, k=args.top)
     if skipped:  # stderr: stdout stays parseable with --format json|csv
         print(f"tsweep: warning: skipped {len(skipped)} unreadable image(s):\n"
               + "\n".join(f"  {p}: {r}" for p, r in skipped), file=sys.stderr, flush=True)
@@ -152,6 +158,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(data=args.data, results_dir=args.results_dir, num_samples=args.num_samples, progress=log)
 
 
+FORMATS_HELP = ("export formats, comma-separated: keras (always written), saved_model, litert (float32 .tflite), "
+                "litert-int8 (full-integer .tflite), onnx; each is checked with its own runtime against the Keras "
+                "model; litert and onnx need pip install \"transfer-sweep[litert]\" or \"transfer-sweep[onnx]\"")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tsweep", description="Hyperparameter sweeps of Keras transfer "
                                      "models on Ray Tune with ASHA early stopping.")
@@ -189,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-reuse-workers", action="store_true",
                      help="start a fresh worker process for every trial (default: reuse them)")
     run.add_argument("--no-export", action="store_true", help="skip retraining and exporting the winner")
+    run.add_argument("--formats", default="keras,saved_model", help=FORMATS_HELP + " (default: keras,saved_model)")
     run.set_defaults(func=cmd_run)
 
     resume = sub.add_parser("resume", help="continue a sweep whose driver was stopped or killed")
@@ -225,15 +237,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--trial", help="trial id to export instead of the best")
     export.add_argument("--from-trial", action="store_true",
                         help="export the trial's best checkpoint as it is, with no retraining")
+    export.add_argument("--formats", help=FORMATS_HELP + " (default: the sweep's --formats)")
     export.set_defaults(func=cmd_export)
 
     predict = sub.add_parser("predict", help="classify images with an export")
-    predict.add_argument("export", help="results/<name>/export")
-    predict.add_argument("images", nargs="+", metavar="IMAGE",
+    predict.add_argument("export", metavar="EXPORT", help="results/<name>/export (read in the first format present: "
+                         "model.keras, model.export/, model.onnx, model.tflite, model_int8.tflite) or one of its "
+                         "model files")
+    predict.add_argument("images", nargs="*", metavar="IMAGE",
                          help="image files, folders (searched recursively) or quoted globs like 'photos/**/*.jpg'")
     predict.add_argument("--top", type=int, default=3, help="classes per image (default: 3)")
     predict.add_argument("--format", choices=("table", "json", "csv"), default="table",
                          help="table for people, json or csv for scripts (default: table)")
+    predict.add_argument("--model", metavar="FILE", help="the model file to use, e.g. results/<name>/export/"
+                         "model.tflite (labels.json and config.json beside it); then EXPORT is an image too")
     predict.add_argument("--plot", metavar="FILE.png", help="also write an image of each photo with its top-k bars")
     predict.set_defaults(func=cmd_predict)
 

@@ -4,10 +4,12 @@ By default the winner is retrained (no Ray) on train + validation for the number
 best, on the feature cache and views like the trials, and evaluated on the test split where there is one: the
 sweep already measured the config on validation, so the export trains on data it has not trained on before
 instead of repeating the trial. `retrain=False` (`tsweep export --from-trial`) exports the trial's best
-checkpoint as it is. `results/<name>/export/` gets `model.keras`, a TF SavedModel in `model.export/`,
-`labels.json`, `config.json`, `metrics.json` and `MODEL_CARD.md`. The export is written to a temporary
-folder and swapped in at the end, so a failed export never leaves half a model behind or destroys the
-previous one.
+checkpoint as it is. `results/<name>/export/` gets the model in each format of `--formats` (`model.keras`
+always, a TF SavedModel in `model.export/` by default, and on request `model.tflite`, `model_int8.tflite`,
+`model.onnx`; see `search.formats`), `labels.json`, `config.json`, `metrics.json` and `MODEL_CARD.md`. Every
+format holds Keras's own layers only (it loads without tsweep) and is checked with its own runtime against the
+trained model before the export is kept. The export is written to a temporary folder and swapped in at the
+end, so a failed export never leaves half a model behind or destroys the previous one.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from tsweep.errors import SweepConfigError
 from tsweep.files import atomic_write_json
+from tsweep.search.formats import DEFAULT_FORMATS, check_formats
 from tsweep.search.objective import Objective
 from tsweep.search.records import EXPORT_DIR, read_sweep, read_trials
+
+MAX_PARITY_IMAGES = 1000  # formats are compared on at most this many held-out images (a seeded sample)
 
 
 def pick_trial(trials: list[dict], objective: Objective, trial_id: str | None = None) -> dict:
@@ -42,7 +47,7 @@ def pick_trial(trials: list[dict], objective: Objective, trial_id: str | None = 
 
 
 def export_winner(root: str | Path, trial_id: str | None = None, retrain: bool = True,
-                  progress: Callable[[str], None] = print) -> Path:
+                  progress: Callable[[str], None] = print, formats: str | Sequence[str] | None = None) -> Path:
     """Export the chosen trial: retrained on train + validation for its best epoch count, or its checkpoint.
 
     Args:
@@ -53,11 +58,14 @@ def export_winner(root: str | Path, trial_id: str | None = None, retrain: bool =
             ModelCheckpoint(save_best_only) makes it), then evaluate on the test split if any. False: the
             trial's best checkpoint, evaluated on validation and test, with no training.
         progress: where progress lines go.
+        formats: the formats to write, e.g. "keras,saved_model,litert,onnx"; default None: the sweep's own
+            `--formats` (sweep.json), else keras,saved_model. Checked before any data is loaded.
 
     Returns the export folder.
 
     Raises:
-        SweepConfigError: no such trial, no trial with the metric, or (retrain=False) no checkpoint of it.
+        SweepConfigError: no such trial, no trial with the metric, (retrain=False) no checkpoint of it, an
+            unknown format or one whose extra is not installed, or a format failing its parity check.
     """
     from tsweep.spaces.config import TrialConfig
     from tsweep.trainers.data import load_dataset
@@ -66,6 +74,8 @@ def export_winner(root: str | Path, trial_id: str | None = None, retrain: bool =
 
     root = Path(root)
     info = read_sweep(root)
+    formats = check_formats(formats if formats is not None
+                            else info.get("options", {}).get("formats") or DEFAULT_FORMATS)
     objective = Objective(info["metric"], info["mode"])
     trial = pick_trial(read_trials(root), objective, trial_id)
     epoch, value = objective.best_epoch(trial.get("history", []))
@@ -101,7 +111,7 @@ def export_winner(root: str | Path, trial_id: str | None = None, retrain: bool =
     for split in ("validation", "test"):
         if split in metrics:
             progress(f"  {split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics[split].items()))
-    return write_export(root, result, data, metrics, info)
+    return write_export(root, result, data, metrics, info, formats, progress)
 
 
 def retrain_winner(config: Any, epochs: int, data: Any, info: dict, progress: Callable[[str], None]) -> Any:
@@ -152,20 +162,61 @@ def best_checkpoint(info: dict, trial: dict, objective: Objective) -> Path:
     return min(kept)[1]
 
 
-def write_export(root: Path, result: object, data: object, metrics: dict, info: dict) -> Path:
-    """Write every export file into a temporary folder, then swap it in place of `root/export`."""
-    from tsweep.search.model_card import model_card
+def parity_images(data: Any, limit: int = MAX_PARITY_IMAGES) -> tuple[str, Any, Any]:
+    """The images the formats are compared on: the test split, else validation, else training images; at
+    most `limit`, a seeded sample of them when there are more. Returns (split name, images, labels)."""
+    import numpy as np
 
+    for split, x, y in (("test", data.x_test, data.y_test), ("validation", data.x_val, data.y_val),
+                        ("train", data.x_train, data.y_train)):
+        if x is not None and len(x):
+            if len(x) > limit:
+                keep = np.sort(np.random.default_rng(0).choice(len(x), limit, replace=False))
+                x, y = x[keep], y[keep]
+            return split, x, y
+    raise SweepConfigError("the dataset has no images to check the exported formats on")
+
+
+def write_export(root: Path, result: Any, data: Any, metrics: dict, info: dict,
+                 formats: str | Sequence[str] = DEFAULT_FORMATS, progress: Callable[[str], None] = print) -> Path:
+    """Write every export file into a temporary folder, check each format with its own runtime against the
+    trained model (figures in metrics["parity"]), then swap the folder in place of `root/export`.
+
+    Every format holds `formats.portable_model(result.model)`: Keras's own layers only, so the export loads
+    and runs without tsweep.
+
+    Args:
+        formats: `--formats`, e.g. "keras,saved_model,litert,onnx" (keras is always written).
+
+    Raises:
+        SweepConfigError: an unknown format or a missing extra (before anything is written), or a float
+            format that disagrees with the Keras model (nothing is exported; the previous export stays).
+    """
+    from tsweep.search.formats import FLOAT_TOLERANCE, portable_model, write_formats
+    from tsweep.search.model_card import model_card
+    from tsweep.search.runtimes import check_parity, parity
+
+    names = check_formats(formats)
     final = root / EXPORT_DIR
     tmp = root / f".{EXPORT_DIR}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    result.model.save(tmp / "model.keras")
-    result.model.export(str(tmp / "model.export"), format="tf_saved_model", verbose=False)
-    (tmp / "labels.json").write_text(json.dumps(list(result.class_names), indent=1))
-    atomic_write_json(tmp / "config.json", result.config.to_dict())
-    atomic_write_json(tmp / "metrics.json", metrics)
-    (tmp / "MODEL_CARD.md").write_text(model_card(result, data, metrics, info))
+    try:
+        split, x, y = parity_images(data)
+        model = portable_model(result.model, check_images=x[:8])
+        write_formats(names, model, tmp, calibration=data.x_train, progress=progress)
+        progress(f"checking each format with its own runtime on the {len(y)} {split} images:")
+        figures = parity(tmp, names, result.model, x, y, progress)
+        metrics["parity"] = {"split": split, "images": int(len(y)), "tolerance": FLOAT_TOLERANCE,
+                             "reference": "the trained Keras model", "formats": figures}
+        check_parity(figures)
+        (tmp / "labels.json").write_text(json.dumps(list(result.class_names), indent=1))
+        atomic_write_json(tmp / "config.json", result.config.to_dict())
+        atomic_write_json(tmp / "metrics.json", metrics)
+        (tmp / "MODEL_CARD.md").write_text(model_card(result, data, metrics, info))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     old = root / f".{EXPORT_DIR}.old"
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():

@@ -1,5 +1,6 @@
-"""`tsweep predict`: load an export safely, classify files, folders and globs, print top-k classes with
-probabilities as a table, JSON or CSV, and optionally plot each photo beside its top-k bars."""
+"""`tsweep predict`: load an export safely (any of its formats, each with its own runtime), classify files,
+folders and globs, print top-k classes with probabilities as a table, JSON or CSV, and optionally plot each
+photo beside its top-k bars."""
 
 from __future__ import annotations
 
@@ -31,10 +32,10 @@ def top_k(probs: np.ndarray, classes: Sequence[str], k: int) -> list[list[tuple[
 
 
 def load_export(export_dir: str | Path) -> tuple[Any, list[str], int]:
-    """The model (loaded with Keras safe_mode), its class names and its input size."""
+    """The Keras model of an export (loaded with Keras safe_mode), its class names and its input size."""
     import keras
 
-    import tsweep.trainers.layers  # noqa: F401  (registers Preprocess for deserialization)
+    import tsweep.trainers.layers  # noqa: F401  (exports are Keras's own layers; older ones hold tsweep's Preprocess)
 
     export_dir = Path(export_dir)
     needed = [export_dir / n for n in ("model.keras", "labels.json", "config.json")]
@@ -46,6 +47,44 @@ def load_export(export_dir: str | Path) -> tuple[Any, list[str], int]:
     classes = json.loads(needed[1].read_text())
     size = int(json.loads(needed[2].read_text())["image_size"])
     return model, classes, size
+
+
+def open_export(path: str | Path) -> tuple[Any, list[str], int]:
+    """A Runner for an export folder (the first format present: model.keras, model.export/, model.onnx,
+    model.tflite, model_int8.tflite) or one of its model files, with the export's class names and input size.
+
+    Args:
+        path: results/<name>/export, or a model file or folder inside it (labels.json and config.json are
+            read beside it).
+
+    Raises:
+        SweepConfigError: not an export or a model of one, or (LiteRT, ONNX) its runtime is not installed.
+    """
+    from tsweep.search.runtimes import find_model, format_of, open_runner
+
+    path = Path(path)
+    if path.is_dir() and not (path / "saved_model.pb").is_file():
+        folder = path
+        if not (folder / "labels.json").is_file():
+            raise SweepConfigError(f"{folder} is not a tsweep export (missing {folder / 'labels.json'}): pass "
+                                   "results/<name>/export, written by `tsweep run` or `tsweep export`")
+        model_path = find_model(folder)
+    elif path.exists():
+        folder, model_path = path.parent, path
+        format_of(path)  # a clear error for a file that is no model
+    else:
+        raise SweepConfigError(f"no such export or model: {path}")
+    labels = folder / "labels.json"
+    if not labels.is_file():
+        raise SweepConfigError(f"{model_path} has no labels.json beside it: keep the export's files together")
+    classes = json.loads(labels.read_text())
+    runner = open_runner(model_path)
+    size = runner.image_size
+    if (folder / "config.json").is_file():
+        size = int(json.loads((folder / "config.json").read_text())["image_size"])
+    if size is None:
+        raise SweepConfigError(f"{model_path}: no config.json beside it and no fixed input size inside it")
+    return runner, classes, size
 
 
 def expand_images(inputs: Sequence[str | Path]) -> list[Path]:
@@ -88,7 +127,8 @@ def predict_images(export_dir: str | Path, images: Sequence[str | Path], k: int 
     """Classify image files with an export, skipping unreadable ones.
 
     Args:
-        export_dir: results/<name>/export.
+        export_dir: results/<name>/export (read in the first format present, see `open_export`), or one of
+            its model files: model.keras, model.export/, model.tflite, model_int8.tflite, model.onnx.
         images: image files (see `expand_images` for folders and globs).
         k: classes kept per image, most probable first; default 3.
         batch_size: images decoded and predicted at a time (bounds memory on big folders); default 64.
@@ -98,7 +138,7 @@ def predict_images(export_dir: str | Path, images: Sequence[str | Path], k: int 
     """
     from tsweep.trainers.images import BadImageError, decode_image
 
-    model, classes, size = load_export(export_dir)
+    model, classes, size = open_export(export_dir)
     rows: list[tuple[str, list]] = []
     skipped: list[tuple[str, str]] = []
     batch_size = max(1, min(batch_size, len(images)))
@@ -116,7 +156,7 @@ def predict_images(export_dir: str | Path, images: Sequence[str | Path], k: int 
             # Every batch is padded to one shape: the model is traced once, not once per partial batch.
             batch = np.zeros((batch_size, size, size, 3), dtype="float32")
             batch[:len(arrays)] = np.stack(arrays)
-            outputs = np.asarray(model.predict_on_batch(batch))[:len(arrays)]
+            outputs = np.asarray(model.predict_batch(batch))[:len(arrays)]
             rows += zip(paths, top_k(probabilities(outputs, len(classes)), classes, k))
     return rows, skipped
 

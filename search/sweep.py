@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 
 from tsweep.errors import SweepConfigError, out_of_range
 from tsweep.search.cache_budget import evict_cache, parse_size
+from tsweep.search.formats import check_formats
 from tsweep.search.objective import Objective
 from tsweep.search.records import read_trials, sweep_dir, write_sweep
 from tsweep.spaces.overrides import with_overrides
@@ -61,6 +62,8 @@ class SweepOptions:
     seed: int = 0  # data split and trial sampling
     cache_dir: str | None = None  # decoded-image cache; default $TSWEEP_CACHE or ~/.cache/tsweep
     export: bool = True  # retrain and export the winner at the end
+    formats: str = "keras,saved_model"  # export formats (search.formats): keras, saved_model, litert,
+    #                                   litert-int8, onnx; litert and onnx need their pyproject extras
 
     def objective(self) -> Objective:
         return Objective(self.metric, self.mode)
@@ -92,6 +95,7 @@ def check_options(opts: SweepOptions) -> None:
                                f"{opts.cpus_per_trial} and {opts.gpus_per_trial}")
     if not 0 <= opts.seed <= 2**31 - 1:
         raise SweepConfigError(f"--seed: {out_of_range('seed', 0, 2**31 - 1, opts.seed)}")
+    check_formats(opts.formats)  # unknown formats and missing extras (the pip install that fixes it)
     if opts.address is None:  # a local Ray has this machine's resources only: a trial that cannot fit waits forever
         check_local_resources(opts.cpus_per_trial, opts.gpus_per_trial)
 
