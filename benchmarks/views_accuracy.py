@@ -114,8 +114,8 @@ def load() -> list[float]:
 def one_run(args: argparse.Namespace, data: Any, cache: Any, dataset: str, config: str, views: int,
             seed: int) -> dict:
     """Train one (config, V, seed) on `data` with `cache`; its figures."""
-    from tsweep.search.trial import fresh_session
     from tsweep.spaces.config import TrialConfig
+    from tsweep.trainers.runtime import fresh_session
     from tsweep.trainers.train import evaluate, train
 
     cfg = TrialConfig.from_dict({**CONFIGS[config], "weights": args.weights, "epochs": args.epochs,
