@@ -33,6 +33,7 @@ if str(HERE) not in sys.path:  # _naive.py, _hyperband.py and _report.py, also w
     sys.path.insert(0, str(HERE))
 
 from _report import RUNS, figures, machine, overhead, steps_and_tracing, table, views_used  # noqa: E402
+from _scale import scaling  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DEFAULT_DATA = SHARED / "datasets" / "hymenoptera"
@@ -180,38 +181,6 @@ def run_tsweep(args: argparse.Namespace, space_file: Path, work: Path) -> tuple[
              **steps_and_tracing(records)}, records)
 
 
-def scaling(args: argparse.Namespace, space: Any, space_file: Path, work: Path, num_cpus: int) -> dict:
-    """Wall time of (a)'s sweep (no export) and of (b) at each of `args.scale`'s trial counts, each from fresh
-    caches, and the marginal wall time per extra trial between the smallest and the largest count."""
-    import _naive
-
-    from tsweep.search.sweep import SweepOptions, run_sweep
-
-    walls: dict[str, dict[int, float]] = {"tsweep": {}, "naive_ray": {}}
-    for n in args.scale:
-        say(f"\n== scale: {n} trials ==")
-        opts = SweepOptions(data=str(args.data), space=str(space_file), num_samples=n, name=f"tsweep-{n}",
-                            results_dir=str(work / "scale"), grace_period=1, reduction_factor=3, cpus_per_trial=1,
-                            seed=args.seed, cache_dir=str(work / f"cache-scale-{n}"), export=False)
-        for name, fn in (("tsweep", lambda: run_sweep(opts, progress=prefixed(f"a{n}"))),
-                         ("naive_ray", lambda: _naive.run(space, args.data, args.image_size, n, args.max_epochs,
-                                                          args.seed, work / f"ray-naive-{n}", num_cpus,
-                                                          prefixed(f"b{n}")))):
-            start = time.perf_counter()
-            try:
-                fn()
-            finally:
-                if ray.is_initialized():
-                    ray.shutdown()
-            walls[name][n] = round(time.perf_counter() - start, 1)
-            say(f"  {name} at {n} trials: {walls[name][n]} s")
-    lo, hi = args.scale[0], args.scale[-1]
-    marginal = {name: round((w[hi] - w[lo]) / (hi - lo), 2) for name, w in walls.items()}
-    return {"trials": args.scale, "wall_s": walls, "marginal_s_per_trial": marginal,
-            "tsweep_over_naive": round(marginal["tsweep"] / marginal["naive_ray"], 3)
-            if marginal["naive_ray"] else None}
-
-
 def lower_bound(args: argparse.Namespace, work: Path, records: list[dict], concurrency: int) -> dict:
     """What (a)'s work needs at the least: one decode, one pass of the train + val images through the deepest
     frozen prefix any trial used (shallower cutoffs are on the way), one augmentation and pass of the train
@@ -301,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         bound = lower_bound(args, work, records, concurrency) if "tsweep" in results else None
         trial_overhead = overhead(records, results["tsweep"]["wall_s"], min(info["ray_cpus"], args.trials)) \
             if "tsweep" in results else None
-        scale = scaling(args, space, space_file, work, info["ray_cpus"]) if args.scale else None
+        scale = scaling(args, space, space_file, work, info["ray_cpus"], say, prefixed) if args.scale else None
     finally:
         if not args.out_dir:
             shutil.rmtree(work, ignore_errors=True)
