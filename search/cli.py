@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 from tsweep.errors import SweepConfigError
 from tsweep.search.cache_cli import add_cache_parser
+from tsweep.search.options import FORMATS_HELP, add_option_flags
 
 
 def log(message: str) -> None:
@@ -21,19 +22,10 @@ def log(message: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from tsweep.search.sweep import SweepOptions, run_sweep
+    from tsweep.search.options import options_from_args
+    from tsweep.search.sweep import run_sweep
 
-    overrides = {k: v for k, v in (("backbone", args.backbone), ("weights", args.weights),
-                                   ("epochs", args.max_epochs)) if v is not None}
-    opts = SweepOptions(
-        data=args.data, space=args.space, overrides=overrides, num_samples=args.num_samples, name=args.name or "",
-        results_dir=args.results_dir, metric=args.metric, mode=args.mode or "", grace_period=args.grace_period,
-        reduction_factor=args.reduction_factor, cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial, address=args.address, max_failures=args.max_failures,
-        val_fraction=args.val_fraction, seed=args.seed, cache_dir=args.cache_dir, export=not args.no_export,
-        storage=args.storage, mixed_precision=args.mixed_precision, reuse_workers=not args.no_reuse_workers,
-        feature_cache=not args.no_feature_cache, cache_memory=args.cache_memory or "",
-        cache_float16=args.cache_float16, cache_disk=args.cache_disk or "", formats=args.formats)
+    opts = options_from_args(args)
     return finish(run_sweep(opts, progress=log), opts.export)
 
 
@@ -158,49 +150,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(data=args.data, results_dir=args.results_dir, num_samples=args.num_samples, progress=log)
 
 
-FORMATS_HELP = ("export formats, comma-separated: keras (always written), saved_model, litert (float32 .tflite), "
-                "litert-int8 (full-integer .tflite), onnx; each is checked with its own runtime against the Keras "
-                "model; litert and onnx need pip install \"transfer-sweep[litert]\" or \"transfer-sweep[onnx]\"")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tsweep", description="Hyperparameter sweeps of Keras transfer "
                                      "models on Ray Tune with ASHA early stopping.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a sweep, print its leaderboard, export the winner")
-    run.add_argument("--data", required=True, help="DIR/<class>/ or DIR/{train,val|validation[,test]}/<class>/")
-    run.add_argument("--space", default="default", help="bundled space name or YAML file (default: default)")
-    run.add_argument("--name", help="results/<name> (default: sweep-<date>-<time>)")
-    run.add_argument("--results-dir", default="results", help="parent folder of sweeps (default: results)")
-    run.add_argument("--num-samples", type=int, default=16, help="trials (default: 16)")
-    run.add_argument("--max-epochs", type=int, help="epochs per trial, overriding the space's `epochs`")
-    run.add_argument("--backbone", help="fix the backbone, overriding the space")
-    run.add_argument("--weights", help="imagenet, none, or a weights file path (overrides the space)")
-    run.add_argument("--metric", default="val_accuracy", help="metric to optimise (default: val_accuracy)")
-    run.add_argument("--mode", choices=("max", "min"), help="direction (default: from the metric's name)")
-    run.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before pruning (default: 1)")
-    run.add_argument("--reduction-factor", type=int, default=3, help="ASHA: keep 1/N per rung (default: 3)")
-    run.add_argument("--cpus-per-trial", type=float, default=1.0, help="(default: 1)")
-    run.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions share a GPU (default: 0)")
-    run.add_argument("--address", help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: local)")
-    run.add_argument("--max-failures", type=int, default=3, help="restarts per trial on node failure (default: 3)")
-    run.add_argument("--val-fraction", type=float, default=0.2, help="split when no val folder (default: 0.2)")
-    run.add_argument("--seed", type=int, default=0, help="data split and sampling seed (default: 0)")
-    run.add_argument("--cache-dir", help="decoded-image cache (default: $TSWEEP_CACHE or ~/.cache/tsweep)")
-    run.add_argument("--storage", help="Ray checkpoints and state: a path all nodes share, s3://... or gs://... "
-                     "(default: --results-dir)")
-    run.add_argument("--mixed-precision", action="store_true", help="float16 compute on GPU trials")
-    run.add_argument("--no-feature-cache", action="store_true",
-                     help="train every trial end to end (default: cache frozen-prefix features)")
-    run.add_argument("--cache-memory", help="in-memory feature cache per node, e.g. 4GB (default: 25%% of RAM)")
-    run.add_argument("--cache-float16", action="store_true", help="store cached features as float16")
-    run.add_argument("--cache-disk", metavar="SIZE", help="disk budget of the cache: the sweep start evicts least "
-                     "recently used entries over it, e.g. 50GB (default: 20 GB or 25%% of the free disk)")
-    run.add_argument("--no-reuse-workers", action="store_true",
-                     help="start a fresh worker process for every trial (default: reuse them)")
-    run.add_argument("--no-export", action="store_true", help="skip retraining and exporting the winner")
-    run.add_argument("--formats", default="keras,saved_model", help=FORMATS_HELP + " (default: keras,saved_model)")
+    add_option_flags(run)  # one flag per SweepOptions field (search.options)
     run.set_defaults(func=cmd_run)
 
     resume = sub.add_parser("resume", help="continue a sweep whose driver was stopped or killed")

@@ -10,14 +10,15 @@ import os
 import re
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from tsweep.errors import SweepConfigError, out_of_range
 from tsweep.search.cache_budget import evict_cache, parse_size
 from tsweep.search.formats import check_formats
-from tsweep.search.objective import Objective
+from tsweep.search.options import OVERRIDE_FLAGS as OVERRIDE_OPTIONS
+from tsweep.search.options import SweepOptions, options_from_dict
 from tsweep.search.records import read_trials, sweep_dir, write_sweep
 from tsweep.spaces.overrides import with_overrides
 from tsweep.spaces.space import Space, load_space
@@ -25,48 +26,7 @@ from tsweep.spaces.space import Space, load_space
 REPORTED_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")  # what every trial reports per epoch
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # The `tsweep run` flag of each override key, so messages name what the user typed.
-OVERRIDE_FLAGS = {"epochs": "--max-epochs", "backbone": "--backbone", "weights": "--weights"}
-
-
-@dataclass(frozen=True)
-class SweepOptions:
-    # --- what to search --------------------------------------------------------------------------------
-    data: str  # image folder: DIR/<class>/ or DIR/{train,val|validation[,test]}/<class>/
-    space: str = "default"  # a bundled space name or a YAML path
-    overrides: dict = field(default_factory=dict)  # fixed keys over the space (--backbone, --weights, ...)
-    num_samples: int = 16  # trials
-    # --- where results go ------------------------------------------------------------------------------
-    name: str = ""  # results/<name>; default sweep-<date>-<time>
-    results_dir: str = "results"  # trial records, leaderboards and the export, on the driver's disk
-    storage: str | None = None  # Ray's checkpoints and experiment state: a path every node sees, or
-    #                            s3://... / gs://... (pyarrow filesystems); default results_dir
-    # --- objective and ASHA ----------------------------------------------------------------------------
-    metric: str = "val_accuracy"
-    mode: str = ""  # max or min; default from the metric's name
-    grace_period: int = 1  # epochs every trial runs before ASHA may stop it
-    reduction_factor: int = 3  # ASHA keeps the top 1/reduction_factor at each rung
-    # --- resources -------------------------------------------------------------------------------------
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0  # fractions share a GPU (e.g. 0.5 = two trials per GPU)
-    address: str | None = None  # None = embedded local Ray; "auto", HOST:PORT or ray://HOST:10001
-    max_failures: int = 3  # restarts of a trial after infrastructure failures (a node dying)
-    mixed_precision: bool = False  # float16 compute on GPU trials
-    reuse_workers: bool = True  # trials reuse worker processes: TensorFlow and the data load once per worker
-    feature_cache: bool = True  # train configs without augmentation on cached frozen-prefix features
-    cache_memory: str = ""  # in-memory feature cache per node, e.g. "4GB" (default 25% of RAM); spills to disk
-    cache_float16: bool = False  # store cached features as float16 (half the memory and disk)
-    cache_disk: str = ""  # disk budget of the cache root, e.g. "50GB": a sweep start evicts LRU entries over it;
-    #                      default 20 GB or 25% of the free disk, whichever is smaller
-    # --- data ------------------------------------------------------------------------------------------
-    val_fraction: float = 0.2  # split off train when there is no val/validation folder
-    seed: int = 0  # data split and trial sampling
-    cache_dir: str | None = None  # decoded-image cache; default $TSWEEP_CACHE or ~/.cache/tsweep
-    export: bool = True  # retrain and export the winner at the end
-    formats: str = "keras,saved_model"  # export formats (search.formats): keras, saved_model, litert,
-    #                                   litert-int8, onnx; litert and onnx need their pyproject extras
-
-    def objective(self) -> Objective:
-        return Objective(self.metric, self.mode)
+OVERRIDE_FLAGS = {key: flag for key, (flag, _, _) in OVERRIDE_OPTIONS.items()}
 
 
 def check_name(name: str) -> str:
@@ -264,7 +224,7 @@ def resume_sweep(root: Path, address: str | None = None,
     options = dict(info["options"])
     if address:
         options["address"] = address
-    opts = SweepOptions(**options)
+    opts = options_from_dict(options, progress)
     if info.get("status") == "finished":
         progress(f"{root} already finished: nothing to resume")
         return root, False
