@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -219,3 +220,50 @@ def test_everything_a_sweep_writes_has_one_mode(tmp_path):
              tmp_path / "t" / MARKER, tmp_path / "t" / LOCK]
     modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in files}
     assert set(modes.values()) == {0o640}, modes
+
+
+# -- resume with --storage: the experiment folder follows the results folder -------------------------------------
+@pytest.fixture
+def stored(tmp_path):
+    """results/orig, whose Ray state (a stand-in experiment_state file) is in shared/orig."""
+    from tsweep.search.sweep import experiment_path
+
+    opts = SweepOptions(data="d", name="orig", results_dir=str(tmp_path / "results"), storage=str(tmp_path / "shared"))
+    claim = claim_name(opts, **QUIET)
+    claim.release()
+    experiment = experiment_path(opts, claim.root)
+    (Path(experiment) / "experiment_state-2026-01-01_10-00-00.json").write_text("{}")
+    info = {**sweep_info("orig", status="running"), "options": {"data": "d", "storage": opts.storage},
+            "experiment": experiment}
+    write_fake_sweep(claim.root, demo_trials(), info)
+    return claim.root, info, tmp_path / "shared"
+
+
+def test_a_copy_is_refused_the_storage_of_its_original(stored):
+    from tsweep.search.resume import resume_experiment
+
+    orig, info, shared = stored
+    copy = orig.with_name("copy")
+    shutil.copytree(orig, copy)
+    with pytest.raises(SweepConfigError, match=rf"{copy} is a copy of {orig}, whose Ray state in {shared}/orig it "
+                                               rf"would advance: resume {orig} instead, or copy {shared}/orig to "
+                                               rf"{shared}/copy and resume again"):
+        resume_experiment(copy, SweepOptions(**info["options"]), info, **QUIET)
+    shutil.copytree(shared / "orig", shared / "copy")  # the fix the message gives
+    assert resume_experiment(copy, SweepOptions(**info["options"]), info, **QUIET) == str(shared / "copy")
+    assert read_marker(shared / "copy")["results"] == str(copy)
+    assert read_marker(shared / "orig")["results"] == str(orig)  # the original's storage still its own
+
+
+def test_a_moved_sweep_keeps_its_storage(stored):
+    from tsweep.search.resume import resume_experiment
+
+    orig, info, shared = stored
+    moved = orig.parent.parent / "elsewhere" / "renamed"
+    moved.parent.mkdir()
+    shutil.move(orig, moved)
+    lines = []
+    opts = SweepOptions(**info["options"])
+    assert resume_experiment(moved, opts, info, progress=lines.append) == str(shared / "orig")
+    assert read_marker(shared / "orig")["results"] == str(moved)
+    assert lines == [f"{shared}/orig now belongs to {moved} (it was {orig}'s)"]
