@@ -267,3 +267,15 @@ def test_a_moved_sweep_keeps_its_storage(stored):
     assert resume_experiment(moved, opts, info, progress=lines.append) == str(shared / "orig")
     assert read_marker(shared / "orig")["results"] == str(moved)
     assert lines == [f"{shared}/orig now belongs to {moved} (it was {orig}'s)"]
+
+
+def test_the_cli_refuses_without_trust_and_accepts_with_it(tmp_path, monkeypatch, capsys):
+    from tsweep.search.cli import main
+
+    root = write_fake_sweep(tmp_path / "s", demo_trials())
+    monkeypatch.setattr(os, "getuid", lambda: os.stat(root).st_uid + 1)
+    assert main(["resume", str(root), "--no-export"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tsweep: error: {root} is owned by") and "pass --trust" in err and "Traceback" not in err
+    assert main(["resume", str(root), "--no-export", "--trust"]) == 0  # finished: prints its leaderboard
+    assert "already finished: nothing to resume" in capsys.readouterr().out
