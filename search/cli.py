@@ -46,9 +46,9 @@ def finish(root: Path, export: bool) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from tsweep.search.sweep import resume_sweep
+    from tsweep.search.resume import resume_sweep
 
-    root, export = resume_sweep(Path(args.sweep), address=args.address, progress=log)
+    root, export = resume_sweep(Path(args.sweep), address=args.address, progress=log, trust=args.trust)
     return finish(root, export and not args.no_export)
 
 
@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("sweep", help="results/<name>")
     resume.add_argument("--address", help="Ray cluster to resume on (default: the sweep's own --address)")
     resume.add_argument("--no-export", action="store_true", help="skip retraining and exporting the winner")
+    resume.add_argument("--trust", action="store_true", help="resume a sweep whose files another user owns: resume "
+                        "unpickles Ray's state from it (tuner.pkl, searcher state), which runs its writer's code")
     resume.set_defaults(func=cmd_resume)
 
     board = sub.add_parser("leaderboard", help="ranked trials of one or more sweeps (works while they run)")

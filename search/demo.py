@@ -7,6 +7,7 @@ with a notice; then a small ASHA sweep, the leaderboard, the exported winner and
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Callable
@@ -70,7 +71,7 @@ def run_demo(data: str | None = None, results_dir: str = "results", num_samples:
         progress(f"generated a 3-class dataset of shapes in {data}")
     weights = demo_weights(progress)
     opts = SweepOptions(data=data, space=DEMO_SPACE, overrides={"weights": weights}, num_samples=num_samples,
-                        name=time.strftime("demo-%Y%m%d-%H%M%S"), results_dir=results_dir,
+                        name=time.strftime("demo-%Y%m%d-%H%M%S-") + secrets.token_hex(2), results_dir=results_dir,
                         grace_period=1, reduction_factor=2)
     root = run_sweep(opts, progress)
     progress("\nleaderboard:")

@@ -76,7 +76,7 @@ def repair_stale_checkpoints(experiment: str, progress: Callable[[str], None] = 
             state = json.loads(f.read().decode())
         mended = []
         for entry in state.get("trial_data", []):
-            trial_id = _mend_trial(entry)
+            trial_id = _mend_trial(entry, fs, root)
             if trial_id:
                 mended.append(trial_id)
         if mended:
@@ -93,8 +93,18 @@ def repair_stale_checkpoints(experiment: str, progress: Callable[[str], None] = 
         return []
 
 
-def _mend_trial(entry: list) -> str | None:
-    """Mend one [trial json, run metadata json] entry in place; the trial id if it was changed."""
+def relocate(path: str, root: str) -> str:
+    """A checkpoint path saved by Ray (under the experiment folder where the sweep ran) under `root`, the
+    experiment folder being resumed: a copied or moved sweep is checked against its own files."""
+    trial_dir = posixpath.dirname(path)
+    return posixpath.join(root, posixpath.basename(trial_dir), posixpath.basename(path))
+
+
+def _mend_trial(entry: list, fs: Any, root: str) -> str | None:
+    """Mend one [trial json, run metadata json] entry in place; the trial id if it was changed.
+
+    Paths are checked under `root` (see `relocate`); Ray rewrites the kept ones the same way on restore
+    (`Trial.set_storage`)."""
     from ray.train import Checkpoint
     from ray.train._internal.session import _TrainingResult
     from ray.tune.trainable.metadata import _TrainingRunMetadata
@@ -104,7 +114,7 @@ def _mend_trial(entry: list) -> str | None:
     latest = manager.latest_checkpoint_result if manager else None
     if latest is None or latest.checkpoint is None:
         return None
-    fs, path = latest.checkpoint.filesystem, latest.checkpoint.path
+    path = relocate(latest.checkpoint.path, root)
     if _exists(fs, path):
         return None
     trial_dir = posixpath.dirname(path)
@@ -116,7 +126,7 @@ def _mend_trial(entry: list) -> str | None:
     # Keep only checkpoints that still exist, then register the surviving one as the latest (Ray's
     # retention then applies as it would have).
     manager._checkpoint_results = [r for r in manager._checkpoint_results
-                                   if r.checkpoint is not None and _exists(fs, r.checkpoint.path)]
+                                   if r.checkpoint is not None and _exists(fs, relocate(r.checkpoint.path, root))]
     manager._latest_checkpoint_result = None
     checkpoint = Checkpoint(posixpath.join(trial_dir, row["checkpoint_dir_name"]), filesystem=fs)
     manager.register_checkpoint(_TrainingResult(checkpoint=checkpoint, metrics=row))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -18,11 +19,13 @@ from tsweep.errors import SweepConfigError, out_of_range
 from tsweep.search.cache_budget import evict_cache, parse_size
 from tsweep.search.formats import check_formats
 from tsweep.search.options import OVERRIDE_FLAGS as OVERRIDE_OPTIONS
-from tsweep.search.options import SweepOptions, options_from_dict
+from tsweep.search.options import SweepOptions
+from tsweep.search.ownership import Claim, abandon, claim_folder, claim_storage
 from tsweep.search.records import read_trials, sweep_dir, write_sweep
 from tsweep.spaces.overrides import with_overrides
 from tsweep.spaces.space import Space, load_space
 
+CLAIMS: dict[Path, Claim] = {}  # folders `prepare` claimed, until run_sweep takes them over
 REPORTED_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")  # what every trial reports per epoch
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # The `tsweep run` flag of each override key, so messages name what the user typed.
@@ -109,19 +112,49 @@ def prepare(opts: SweepOptions, progress: Callable[[str], None] = print) -> tupl
 
     Returns the space with overrides applied, the data options for trials and the sweep folder.
     """
+    check_options(opts)
+    claim = claim_name(opts, progress)  # first: a second run with this name is refused before anything slow
+    try:
+        space, data_options = _prepare_inputs(opts, progress)
+    except BaseException:
+        abandon(claim)
+        raise
+    CLAIMS[claim.root] = claim  # held by run_sweep until the sweep ends
+    return space, data_options, claim.root
+
+
+def claim_name(opts: SweepOptions, progress: Callable[[str], None] = print) -> Claim:
+    """Create and lock results/<name> (`ownership.claim_folder`), and claim the --storage experiment folder.
+
+    A default name is sweep-<date>-<time>-<4 hex digits>, drawn again if that folder exists: two sweeps started
+    in the same second never share one."""
+    parent = Path(opts.results_dir).resolve()
+    claim = None
+    if opts.name:
+        claim = claim_folder(parent / check_name(opts.name), default_name=False, progress=progress)
+    for _ in range(20):
+        if claim is not None:
+            break
+        name = time.strftime("sweep-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+        claim = claim_folder(parent / name, default_name=True, progress=progress)
+    if claim is None:
+        raise SweepConfigError(f"could not find a free default sweep name in {parent}: pass --name")
+    experiment = experiment_path(opts, claim.root)
+    if experiment != str(claim.root):
+        try:
+            claim.storage = claim_storage(experiment, claim.root, claim.marker)
+        except BaseException:
+            abandon(claim)
+            raise
+    return claim
+
+
+def _prepare_inputs(opts: SweepOptions, progress: Callable[[str], None]) -> tuple[Space, dict]:
     from tsweep.files import is_uri
     from tsweep.trainers.data import default_cache_dir, discover, load_dataset
     from tsweep.trainers.decoded_cache import cache_key
     from tsweep.trainers.remote import local_data_dir
 
-    check_options(opts)
-    name = check_name(opts.name or time.strftime("sweep-%Y%m%d-%H%M%S"))
-    root = Path(opts.results_dir).resolve() / name
-    if root.exists() and not root.is_dir():
-        raise SweepConfigError(f"--name {name}: {root} is a file, not a sweep folder: pass another --name")
-    if root.exists() and any(root.iterdir()):
-        raise SweepConfigError(f"{root} already holds a sweep: pass another --name, `tsweep resume {root}`, "
-                               "or remove the folder")
     space = load_space(opts.space)
     if opts.overrides:
         space, notices = with_overrides(space, opts.overrides, OVERRIDE_FLAGS)
@@ -139,7 +172,7 @@ def prepare(opts: SweepOptions, progress: Callable[[str], None] = print) -> tupl
         data = load_dataset(image_size=int(size), progress=progress, **data_options)
         progress(data.summary())
     check_weights(space, progress)
-    return space, data_options, root
+    return space, data_options
 
 
 def feature_settings(opts: SweepOptions) -> dict | None:
@@ -167,14 +200,23 @@ def experiment_path(opts: SweepOptions, root: Path) -> str:
 def run_sweep(opts: SweepOptions, progress: Callable[[str], None] = print) -> Path:
     """Run the whole sweep; returns its folder (results/<name>). Raises SweepConfigError before any trial."""
     space, data_options, root = prepare(opts, progress)
+    claim = CLAIMS.pop(root)
+    try:
+        return _run_claimed(opts, space, data_options, claim, progress)
+    finally:
+        claim.release()
+
+
+def _run_claimed(opts: SweepOptions, space: Space, data_options: dict, claim: Claim,
+                 progress: Callable[[str], None]) -> Path:
+    root = claim.root
     objective = opts.objective()
     max_epochs = max(int(e) for e in candidates(space, "epochs"))
     info = {"name": root.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "status": "running",
             "options": asdict(opts), "data": data_options, "space": space.source,
             "params": {k: asdict(d) for k, d in space.params.items()}, "sampled": list(space.sampled),
             "metric": objective.metric, "mode": objective.mode, "max_epochs": max_epochs,
-            "experiment": experiment_path(opts, root)}
-    root.mkdir(parents=True, exist_ok=True)
+            "experiment": experiment_path(opts, root), "sweep_id": claim.marker["id"]}
     write_sweep(root, info)
     progress(f"sweep {root.name}: {opts.num_samples} trials of {space.source}, ASHA on {objective.metric} "
              f"({objective.mode}), up to {max_epochs} epochs; results in {root}")
@@ -204,39 +246,6 @@ def sweep_status(root: Path, info: dict, progress: Callable[[str], None]) -> Ite
     finally:
         info["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         write_sweep(root, info)
-
-
-def resume_sweep(root: Path, address: str | None = None,
-                 progress: Callable[[str], None] = print) -> tuple[Path, bool]:
-    """Continue a sweep whose driver stopped: finished and pruned trials are not run again.
-
-    Args:
-        root: the sweep folder (results/<name>).
-        address: a Ray cluster to resume on; default the sweep's own (None = a new local Ray).
-        progress: where progress lines go.
-
-    Returns the sweep folder and whether the sweep asked for an export.
-    """
-    from tsweep.search.records import read_sweep
-    from tsweep.search.tuner import resume_tuner
-
-    info = read_sweep(root)
-    options = dict(info["options"])
-    if address:
-        options["address"] = address
-    opts = options_from_dict(options, progress)
-    if info.get("status") == "finished":
-        progress(f"{root} already finished: nothing to resume")
-        return root, False
-    done = {s: n for s, n in summary(root).items() if s in ("completed", "pruned", "failed")}
-    progress(f"resuming {root.name}: {sum(done.values())} trials already ended ({done}); unfinished trials "
-             "continue from their last checkpoints")
-    info["status"] = "running"
-    info.setdefault("resumed", []).append(time.strftime("%Y-%m-%dT%H:%M:%S"))
-    write_sweep(root, info)
-    with sweep_status(root, info, progress):
-        resume_tuner(opts, info["data"], info.get("experiment", str(root)))
-    return root, opts.export
 
 
 def summary(root: Path) -> dict[str, Any]:

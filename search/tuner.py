@@ -128,9 +128,15 @@ def storage_path(opts: Any, root: Path) -> str:
     return opts.storage if is_uri(opts.storage) else str(Path(opts.storage).expanduser().resolve())
 
 
-def resume_tuner(opts: Any, data_options: dict, experiment: str) -> Any:
+def resume_tuner(opts: Any, data_options: dict, experiment: str, root: Path, objective: Objective,
+                 progress: Callable[[str], None] = print) -> Any:
     """Continue an interrupted sweep from Ray's experiment state: finished and pruned trials stay as they
-    are, unfinished and errored ones continue from their last checkpoint."""
+    are, unfinished and errored ones continue from their last checkpoint.
+
+    Args:
+        experiment: the Ray experiment folder, derived from `root` (Ray re-derives its trials' paths from it).
+        root: the sweep folder being resumed: its records are the ones updated, wherever the sweep ran before.
+    """
     from ray import tune
 
     init_ray(opts.address)
@@ -144,4 +150,19 @@ def resume_tuner(opts: Any, data_options: dict, experiment: str) -> Any:
     repair_stale_checkpoints(experiment)
     tuner = tune.Tuner.restore(experiment, trainable_for(opts, data_options), resume_unfinished=True,
                                resume_errored=True)
+    use_recorder(tuner, SweepRecorder(root, objective, total=opts.num_samples, printer=progress))
     return tuner.fit()
+
+
+def use_recorder(tuner: Any, recorder: SweepRecorder) -> None:
+    """Replace the SweepRecorder unpickled from tuner.pkl (it names the folder the sweep first ran in) with
+    `recorder`. Ray offers no public setter: this edits the restored Tuner's RunConfig (Ray 2.x)."""
+    local = getattr(tuner, "_local_tuner", None)
+    if local is None:  # Ray Client (ray://): the Tuner lives on the head node, out of reach
+        import warnings
+
+        warnings.warn("resuming through Ray Client: trial records go to the folder the sweep was recorded in, "
+                      f"not necessarily {recorder.root}", stacklevel=2)
+        return
+    run_config = local.get_run_config()
+    run_config.callbacks = [c for c in (run_config.callbacks or []) if not isinstance(c, SweepRecorder)] + [recorder]

@@ -15,10 +15,12 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import IO, Callable, Sequence
 
 import numpy as np
 from PIL import Image
+
+from tsweep.files import fsync_dir
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
 # The same list, for error messages.
@@ -231,11 +233,16 @@ def write_decoded(folder: Path, images: np.ndarray, meta: dict) -> None:
     # A temp dir in the same parent, renamed at the end: rename is atomic within one filesystem.
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
     try:
-        np.save(tmp / "images.npy", images)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        with open(tmp / "images.npy", "wb") as f:
+            np.save(f, images)
+            _durable(f)
+        with open(tmp / "meta.json", "w") as f:
+            f.write(json.dumps(meta, indent=1))
+            _durable(f)
         for _ in range(2):
             try:
                 os.rename(tmp, folder)
+                fsync_dir(folder.parent)
                 return
             except OSError:
                 if not folder.exists():
@@ -248,3 +255,10 @@ def write_decoded(folder: Path, images: np.ndarray, meta: dict) -> None:
         raise OSError(f"could not rename {tmp} to {folder}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # already gone after a successful rename
+
+
+def _durable(f: IO) -> None:
+    """Flush a file to disk before the folder holding it is renamed into place (a power loss then leaves no
+    renamed folder with empty files)."""
+    f.flush()
+    os.fsync(f.fileno())

@@ -20,8 +20,8 @@ def is_uri(location: str | os.PathLike) -> bool:
 
 
 @contextmanager
-def atomic_open(path: str | os.PathLike, *, text: bool = False, suffix: str = "", fsync: bool = False,
-                shared: bool = False) -> Iterator[IO]:
+def atomic_open(path: str | os.PathLike, *, text: bool = False, suffix: str = "", fsync: bool = True,
+                shared: bool = True) -> Iterator[IO]:
     """Write `path` so that readers see the old file or the new one, never a partial one.
 
     Yields a file open for writing on a temporary file beside `path` (named ``.<name>.<random><suffix>``, so
@@ -32,10 +32,10 @@ def atomic_open(path: str | os.PathLike, *, text: bool = False, suffix: str = ""
         path: the file to (re)write.
         text: open in text mode (UTF-8) instead of binary. Default False.
         suffix: ends the temporary file's name (e.g. ".tmp", which cache cleaning looks for). Default "".
-        fsync: flush the data to disk before the rename (a crash then leaves the old or the new file, not
-            an empty one). Default False.
-        shared: give the file the permissions a plain ``open`` would (umask applied) instead of the 0600 of
-            temporary files: for files meant to be shared or served. Default False.
+        fsync: flush the data to disk before the rename, and the folder after it (a power loss then leaves
+            the old or the new file, never an empty one). Default True.
+        shared: give the file the permissions a plain ``open`` would (umask applied, 0644 under the usual 022)
+            instead of the 0600 of temporary files, so everything a sweep writes has one mode. Default True.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,6 +52,22 @@ def atomic_open(path: str | os.PathLike, *, text: bool = False, suffix: str = ""
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if fsync:
+        fsync_dir(path.parent)
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Flush a folder's entries (a rename or a new file in it) to disk; a no-op where the OS cannot."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a directory
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
