@@ -78,7 +78,7 @@ def test_augmented_trial_validates_on_cached_features(data, tmp_path):
     # matches fit's own validation, epoch by epoch, through warm-up and fine-tuning.
     from tsweep.trainers.train import train
 
-    cfg = config(freeze_cutoff=12, epochs=3, augmentation="light", augmentation_views=0)  # online augmentation
+    cfg = config(freeze_cutoff=12, epochs=2, augmentation="light", augmentation_views=0)  # online, 2 phases
     reference = train(cfg, data)
     cache = FeatureCache(tmp_path / "features", 10**8)
     cached = train(cfg, data, feature_cache=cache)

@@ -315,6 +315,7 @@ def card_snippets(card: str) -> dict[str, str]:
             re.finditer(r"### (\S+): `[^`]+`, with [^\n]*\n\n```python\n(.*?)```", use, re.S)}
 
 
+@pytest.mark.slow  # a fresh interpreter per runtime snippet (~30 s idle); CI runs it in make test-slow
 def test_model_card_snippets_run_without_tsweep(export, photos, tmp_path):
     """Each format's snippet in MODEL_CARD.md, run as written in a Python without tsweep (and, for LiteRT and
     ONNX, without TensorFlow or Keras), prints what `tsweep predict` gives for the photo."""

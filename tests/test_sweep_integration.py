@@ -159,6 +159,7 @@ def test_leaderboard_command_all_formats(sweep):
     assert "pruned" in tsweep("leaderboard", str(root), "--format", "markdown").stdout
 
 
+@pytest.mark.slow  # the CLI export of a real sweep (~60 s idle); test_export.py covers export_winner fast
 def test_export_and_predict_commands(sweep, shapes_dir):
     from tsweep.search.predict import load_export
     from tsweep.trainers.data import load_dataset

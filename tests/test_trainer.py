@@ -214,6 +214,7 @@ def test_full_data_trains_on_train_and_val(data):
     assert len(data.full_train()[1]) == len(data.y_train) + len(data.y_val)
 
 
+@pytest.mark.slow  # a keras-tuner search of its own (~30 s idle)
 def test_same_space_runs_under_keras_tuner(data, tmp_path):
     import keras_tuner
 
