@@ -98,6 +98,9 @@ def check_options(opts: SweepOptions) -> None:
     check_formats(opts.formats)  # unknown formats and missing extras (the pip install that fixes it)
     if opts.address is None:  # a local Ray has this machine's resources only: a trial that cannot fit waits forever
         check_local_resources(opts.cpus_per_trial, opts.gpus_per_trial)
+        from tsweep.search.ray_connect import check_local_auth
+
+        check_local_auth()  # a local Ray listens on loopback with token auth (search.ray_connect)
 
 
 def check_local_resources(cpus: float, gpus: float) -> None:

@@ -57,9 +57,24 @@ def init_ray(address: str | None) -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if address:
         ray.init(address=address, runtime_env=runtime_env_for(address), log_to_driver=False)
-    else:
-        # "local" always starts a private Ray, never attaching to another one found on this machine.
+        return
+    from tsweep.search.ray_connect import check_local_auth, ensure_private_token, loopback_only
+
+    # "local" always starts a private Ray, never attaching to another one found on this machine; it listens
+    # on 127.0.0.1 only, with token auth, and no dashboard (search.ray_connect).
+    check_local_auth()
+    ensure_private_token()
+    with loopback_only():
         ray.init(address="local", include_dashboard=False, runtime_env=runtime_env_for(None), log_to_driver=False)
+
+
+def check_fits(opts: Any) -> None:
+    """On a cluster, once connected: a trial's resources must fit some node (a local Ray's are checked with the
+    other options, before any decoding)."""
+    if opts.address:
+        from tsweep.search.ray_connect import check_cluster_fits
+
+        check_cluster_fits(opts.cpus_per_trial, opts.gpus_per_trial, opts.address)
 
 
 def trainable_for(opts: Any, data_options: dict) -> Any:
@@ -98,6 +113,7 @@ def run_tuner(opts: Any, space: Space, data_options: dict, root: Path, objective
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     init_ray(opts.address)
+    check_fits(opts)
     trainable = trainable_for(opts, data_options)
     recorder = SweepRecorder(root, objective, total=opts.num_samples, printer=progress)
     tuner = tune.Tuner(
@@ -134,6 +150,7 @@ def resume_tuner(opts: Any, data_options: dict, experiment: str) -> Any:
     from ray import tune
 
     init_ray(opts.address)
+    check_fits(opts)
     if not tune.Tuner.can_restore(experiment):
         from tsweep.errors import SweepConfigError
 

@@ -1,0 +1,107 @@
+"""How a sweep's driver reaches Ray safely: a local Ray that listens on loopback only, with token
+authentication; and, on a cluster, a check that some node can ever run one trial.
+
+A local sweep (no --address) starts a private Ray whose GCS, raylet, workers and agents would otherwise listen
+on every interface (Ray binds them to the node's IP, which on Linux is the address other machines reach). Ray's
+own switch for a machine that is not part of a cluster (what it does on macOS and Windows) makes the node's IP
+127.0.0.1, and every one of them listens there only. Ray 2.60 starts a new local cluster with token auth unless
+RAY_AUTH_MODE says otherwise; tsweep refuses a local sweep with RAY_AUTH_MODE set to anything else, and keeps
+the token Ray creates private (0600, not Ray's default 0644).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from tsweep.errors import SweepConfigError
+
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # Ray's "clusters allowed" switch; "0": node IP = loopback
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+TOKEN_ENVS = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")  # a token the user gave Ray: used as it is
+
+
+def check_local_auth() -> None:
+    """A local sweep runs Ray with token authentication: refuse an environment that turns it off."""
+    mode = os.environ.get(AUTH_MODE_ENV)
+    if mode is not None and mode.lower() != "token":
+        raise SweepConfigError(f"{AUTH_MODE_ENV}={mode}: a local sweep runs Ray with token authentication (on "
+                               f"127.0.0.1 only); unset {AUTH_MODE_ENV} or set it to token")
+
+
+def ensure_private_token(home: Path | None = None) -> Path | None:
+    """Create Ray's default token file (~/.ray/auth_token) readable by its owner only, when no token exists
+    yet (Ray would write it world-readable). Returns the file created, or None when a token was there."""
+    if any(os.environ.get(name) for name in TOKEN_ENVS):
+        return None
+    path = (home or Path.home()) / ".ray" / "auth_token"
+    if path.exists():
+        return None
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first: theirs is the token
+        return None
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_hex(32))
+    return path
+
+
+@contextmanager
+def loopback_only() -> Iterator[None]:
+    """While Ray starts: the node's IP is 127.0.0.1, in this process and in the Ray processes it spawns
+    (they inherit the environment; workers inherit it from the raylet). Restored afterwards, so a later
+    connection of this process to a cluster is unaffected."""
+    from ray._private import ray_constants  # read at import: set the module's value too
+
+    saved_env, saved = os.environ.get(LOCAL_ONLY_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOCAL_ONLY_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+        if saved_env is None:
+            os.environ.pop(LOCAL_ONLY_ENV, None)
+        else:
+            os.environ[LOCAL_ONLY_ENV] = saved_env
+
+
+def check_cluster_fits(cpus: float, gpus: float, address: str) -> None:
+    """After connecting to a cluster: some node (alive now, or of a type its autoscaler can start) must have
+    the CPUs and GPUs of one trial, or no trial could ever start and the sweep would wait forever."""
+    import ray
+
+    alive = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(_fits(r, cpus, gpus) for r in alive):
+        return
+    types = _autoscaler_node_types()
+    if types is None or any(_fits(r, cpus, gpus) for r in types):
+        return  # an autoscaler we cannot read starts nodes on demand; or one of its node types fits
+    largest = max(alive + types, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
+    raise SweepConfigError(
+        f"--cpus-per-trial {cpus:g} --gpus-per-trial {gpus:g}: no node of the cluster at {address} can run one "
+        f"trial (the largest has {largest.get('CPU', 0):g} CPUs and {largest.get('GPU', 0):g} GPUs), so no trial "
+        "could ever start; pass smaller --cpus-per-trial / --gpus-per-trial, or add a node that large")
+
+
+def _fits(resources: dict, cpus: float, gpus: float) -> bool:
+    return resources.get("CPU", 0) >= cpus and resources.get("GPU", 0) >= gpus
+
+
+def _autoscaler_node_types() -> list[dict] | None:
+    """Resources of each node type an autoscaler may start ([] with no autoscaler); None when an autoscaler
+    runs but does not say which node types it has."""
+    from ray._private import ray_constants
+    from ray._private.state import state  # Ray Train and Ray Data read the cluster config the same way
+    from ray.experimental.internal_kv import _internal_kv_exists
+
+    config = state.get_cluster_config()
+    if config is not None and config.node_group_configs:
+        return [dict(g.resources) for g in config.node_group_configs if g.max_count != 0]
+    if _internal_kv_exists(ray_constants.DEBUG_AUTOSCALING_STATUS):  # an autoscaler (v1) reports its status
+        return None
+    return []
