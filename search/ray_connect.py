@@ -11,8 +11,10 @@ the token Ray creates private (0600, not Ray's default 0644).
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import socket
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -70,6 +72,31 @@ def loopback_only() -> Iterator[None]:
             os.environ[LOCAL_ONLY_ENV] = saved_env
 
 
+def check_address(address: str, timeout: float = 5.0) -> None:
+    """--address HOST:PORT or ray://HOST:PORT must accept connections, checked in seconds before anything else
+    (Ray itself retries an unreachable GCS for minutes). "auto" and "local" are left to Ray."""
+    if address in ("auto", "local"):
+        return
+    rest = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port.isdigit() or "/" in rest:
+        raise SweepConfigError(f"--address {address}: expected auto, HOST:PORT (a head node's GCS, port 6379 by "
+                               "default) or ray://HOST:10001")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise SweepConfigError(f"--address {address}: nothing accepts connections there ({e.strerror or e}): "
+                               "check the address, and that the head node runs (`ray start --head` or "
+                               "`ray up cluster.yaml`)") from None
+
+
+def connection_error(address: str, error: Exception) -> SweepConfigError:
+    """What `ray.init(address=...)` raising means for the user."""
+    return SweepConfigError(f"--address {address}: could not connect to a Ray cluster there ({error}); check the "
+                            "address, that the head node runs, and its auth token (RAY_AUTH_TOKEN or "
+                            "~/.ray/auth_token)")
+
+
 def check_cluster_fits(cpus: float, gpus: float, address: str) -> None:
     """After connecting to a cluster: some node (alive now, or of a type its autoscaler can start) must have
     the CPUs and GPUs of one trial, or no trial could ever start and the sweep would wait forever."""
@@ -93,15 +120,22 @@ def _fits(resources: dict, cpus: float, gpus: float) -> bool:
 
 
 def _autoscaler_node_types() -> list[dict] | None:
-    """Resources of each node type an autoscaler may start ([] with no autoscaler); None when an autoscaler
-    runs but does not say which node types it has."""
+    """Resources of each node type an autoscaler may start: [] for a fixed set of nodes (`ray start` by hand,
+    or a local Ray), None when an autoscaler runs whose node types are not readable from here."""
     from ray._private import ray_constants
     from ray._private.state import state  # Ray Train and Ray Data read the cluster config the same way
-    from ray.experimental.internal_kv import _internal_kv_exists
+    from ray.autoscaler._private.util import format_readonly_node_type
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
+    from ray.experimental.internal_kv import _internal_kv_get
 
     config = state.get_cluster_config()
     if config is not None and config.node_group_configs:
         return [dict(g.resources) for g in config.node_group_configs if g.max_count != 0]
-    if _internal_kv_exists(ray_constants.DEBUG_AUTOSCALING_STATUS):  # an autoscaler (v1) reports its status
+    if is_autoscaler_v2():
         return None
-    return []
+    # The head's autoscaler (v1) reports each node's type; without a cluster config (cluster.yaml), every node
+    # has the made-up type of Ray's read-only provider, and no node can ever be added.
+    status = json.loads(_internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS) or b"{}")
+    types = (status.get("autoscaler_report") or {}).get("node_type_mapping") or {}
+    readonly = all(kind == format_readonly_node_type(node) for node, kind in types.items())
+    return [] if readonly else None

@@ -6,6 +6,7 @@ found before Ray starts, and once trials run, a failing trial is recorded and th
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from tsweep.errors import SweepConfigError, out_of_range
+from tsweep.files import file_in_the_way, is_uri
 from tsweep.search.cache_budget import evict_cache, parse_size
 from tsweep.search.formats import check_formats
 from tsweep.search.objective import Objective
@@ -90,17 +92,26 @@ def check_options(opts: SweepOptions) -> None:
         parse_size(opts.cache_memory)
     if opts.cache_disk:
         parse_size(opts.cache_disk, "--cache-disk")
-    if opts.cpus_per_trial <= 0 or opts.gpus_per_trial < 0:
+    if not (math.isfinite(opts.cpus_per_trial) and math.isfinite(opts.gpus_per_trial)) \
+            or opts.cpus_per_trial <= 0 or opts.gpus_per_trial < 0:
         raise SweepConfigError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0, got "
                                f"{opts.cpus_per_trial} and {opts.gpus_per_trial}")
     if not 0 <= opts.seed <= 2**31 - 1:
         raise SweepConfigError(f"--seed: {out_of_range('seed', 0, 2**31 - 1, opts.seed)}")
     check_formats(opts.formats)  # unknown formats and missing extras (the pip install that fixes it)
+    for flag, folder in (("--results-dir", opts.results_dir), ("--cache-dir", opts.cache_dir),
+                         ("--storage", opts.storage)):
+        blocker = folder and not is_uri(folder) and file_in_the_way(Path(folder).expanduser())
+        if blocker:
+            raise SweepConfigError(f"{flag} {folder}: {blocker} is a file, not a folder: pass a folder (it is "
+                                   "created if missing)")
+    from tsweep.search.ray_connect import check_address, check_local_auth
+
     if opts.address is None:  # a local Ray has this machine's resources only: a trial that cannot fit waits forever
         check_local_resources(opts.cpus_per_trial, opts.gpus_per_trial)
-        from tsweep.search.ray_connect import check_local_auth
-
         check_local_auth()  # a local Ray listens on loopback with token auth (search.ray_connect)
+    else:
+        check_address(opts.address)  # an unreachable address fails in seconds, not after decoding
 
 
 def check_local_resources(cpus: float, gpus: float) -> None:

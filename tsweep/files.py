@@ -19,6 +19,14 @@ def is_uri(location: str | os.PathLike) -> bool:
     return "://" in str(location)
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """The file at `folder` or at one of its parents, which would stop the folder from being created."""
+    for path in (folder, *folder.parents):
+        if path.exists():
+            return None if path.is_dir() else path
+    return None
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike, *, text: bool = False, suffix: str = "", fsync: bool = False,
                 shared: bool = False) -> Iterator[IO]:
