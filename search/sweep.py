@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from tsweep.errors import SweepConfigError, out_of_range
-from tsweep.files import file_in_the_way, is_uri
+from tsweep.files import check_folder
 from tsweep.search.cache_budget import evict_cache, parse_size
 from tsweep.search.formats import check_formats
 from tsweep.search.objective import Objective
+from tsweep.search.reader import check_storage
 from tsweep.search.records import read_trials, sweep_dir, write_sweep
 from tsweep.spaces.overrides import with_overrides
 from tsweep.spaces.space import Space, load_space
@@ -99,12 +100,9 @@ def check_options(opts: SweepOptions) -> None:
     if not 0 <= opts.seed <= 2**31 - 1:
         raise SweepConfigError(f"--seed: {out_of_range('seed', 0, 2**31 - 1, opts.seed)}")
     check_formats(opts.formats)  # unknown formats and missing extras (the pip install that fixes it)
-    for flag, folder in (("--results-dir", opts.results_dir), ("--cache-dir", opts.cache_dir),
-                         ("--storage", opts.storage)):
-        blocker = folder and not is_uri(folder) and file_in_the_way(Path(folder).expanduser())
-        if blocker:
-            raise SweepConfigError(f"{flag} {folder}: {blocker} is a file, not a folder: pass a folder (it is "
-                                   "created if missing)")
+    for flag, folder in (("--results-dir", opts.results_dir), ("--cache-dir", opts.cache_dir)):
+        check_folder(flag, folder)
+    check_storage(opts.storage)  # a local folder, or a URI pyarrow can open (with credentials set up)
     from tsweep.search.ray_connect import check_address, check_local_auth
 
     if opts.address is None:  # a local Ray has this machine's resources only: a trial that cannot fit waits forever
@@ -213,8 +211,9 @@ def experiment_path(opts: SweepOptions, root: Path) -> str:
         return str(root)
     from tsweep.files import is_uri
 
-    if is_uri(opts.storage):
-        return f"{opts.storage.rstrip('/')}/{root.name}"
+    if is_uri(opts.storage):  # the name goes into the path, before any ?query (e.g. pyarrow's ?region=...)
+        base, sep, query = opts.storage.partition("?")
+        return f"{base.rstrip('/')}/{root.name}{sep}{query}"
     return str(Path(opts.storage).expanduser().resolve() / root.name)
 
 

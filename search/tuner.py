@@ -153,11 +153,18 @@ def resume_tuner(opts: Any, data_options: dict, experiment: str) -> Any:
     are, unfinished and errored ones continue from their last checkpoint."""
     from ray import tune
 
+    from tsweep.errors import SweepConfigError
+
     init_ray(opts.address)
     check_fits(opts)
-    if not tune.Tuner.can_restore(experiment):
-        from tsweep.errors import SweepConfigError
-
+    try:
+        restorable = tune.Tuner.can_restore(experiment)
+    except Exception as e:  # pyarrow: OSError (access denied, no network), ArrowInvalid
+        raise SweepConfigError(f"cannot read the sweep's Ray state at {experiment} ({e}); credentials given inside "
+                               "a --storage URI are never stored in sweep.json: give them in the environment "
+                               "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS) and "
+                               "resume again") from None
+    if not restorable:
         raise SweepConfigError(f"{experiment} holds no Ray Tune experiment state to resume from (the sweep "
                                "stopped before its first trial started): run it again with `tsweep run`")
     from tsweep.search.ray_state import repair_stale_checkpoints
