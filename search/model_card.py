@@ -46,7 +46,9 @@ def model_card(result: Any, data: Any, metrics: dict, info: dict) -> str:
     """The markdown text of the model card (a pure function of what the export wrote)."""
     names = list(metrics.get("parity", {}).get("formats") or ("keras", "saved_model"))
     config = result.config.to_dict()
-    rows = "\n".join(f"| `{k}` | {md_text(v)} |" for k, v in config.items())
+    # tsweep's own values (names, numbers, a weights path): only what would break the table is escaped
+    rows = "\n".join(f"| `{k}` | {' '.join(str(v).splitlines()).replace('|', chr(92) + '|')} |"
+                     for k, v in config.items())
     classes = [md_text(c) for c in data.class_names]
     size = config["image_size"]
     return f"""# Model card: {info.get('name', 'tsweep sweep')} winner (trial {metrics['trial_id']})

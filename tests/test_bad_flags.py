@@ -172,3 +172,8 @@ def test_a_node_type_the_autoscaler_can_start_is_enough(small_cluster, monkeypat
     monkeypatch.setattr(ray_connect, "_autoscaler_node_types", lambda: [{"CPU": 4}])
     with pytest.raises(SweepConfigError, match="largest has 4 CPUs and 0 GPUs"):
         ray_connect.check_cluster_fits(4, 1, small_cluster)
+
+
+def test_a_storage_uri_nothing_can_open(run):
+    code, err = run("--storage", "weird://bucket/x")  # was a pyarrow traceback once Ray had started
+    assert code == 2 and "--storage: cannot open weird://bucket/x" in err, err
