@@ -102,10 +102,13 @@ def check_cluster_fits(cpus: float, gpus: float, address: str) -> None:
     the CPUs and GPUs of one trial, or no trial could ever start and the sweep would wait forever."""
     import ray
 
-    alive = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    if any(_fits(r, cpus, gpus) for r in alive):
+    try:
+        alive = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        if any(_fits(r, cpus, gpus) for r in alive):
+            return
+        types = _autoscaler_node_types()
+    except Exception:  # e.g. Ray Client (ray://) has no cluster state to read: Ray's own warnings remain
         return
-    types = _autoscaler_node_types()
     if types is None or any(_fits(r, cpus, gpus) for r in types):
         return  # an autoscaler we cannot read starts nodes on demand; or one of its node types fits
     largest = max(alive + types, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})

@@ -160,18 +160,25 @@ def test_resources_no_node_of_the_cluster_has(small_cluster, tmp_path, shapes_di
     assert not list((tmp_path / "results" / "big").glob("trials/*.json"))  # no trial ever started
 
 
-def test_a_node_type_the_autoscaler_can_start_is_enough(small_cluster, monkeypatch):
+def test_a_node_type_the_autoscaler_can_start_is_enough(monkeypatch):
+    import ray
+
     from tsweep.errors import SweepConfigError
     from tsweep.search import ray_connect
 
-    ray_connect.check_cluster_fits(2, 0, small_cluster)  # an alive node fits
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 2.0}},
+                                               {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}])
+    monkeypatch.setattr(ray_connect, "_autoscaler_node_types", lambda: [])
+    ray_connect.check_cluster_fits(2, 0, "head:6379")  # an alive node fits
+    with pytest.raises(SweepConfigError, match="largest has 2 CPUs and 0 GPUs"):  # a dead node does not count
+        ray_connect.check_cluster_fits(4, 0, "head:6379")
     monkeypatch.setattr(ray_connect, "_autoscaler_node_types", lambda: [{"CPU": 4, "GPU": 1}])
-    ray_connect.check_cluster_fits(4, 1, small_cluster)  # none now, but the autoscaler starts a GPU node
+    ray_connect.check_cluster_fits(4, 1, "head:6379")  # none now, but the autoscaler starts a GPU node
     monkeypatch.setattr(ray_connect, "_autoscaler_node_types", lambda: None)
-    ray_connect.check_cluster_fits(4, 1, small_cluster)  # an autoscaler whose node types are unknown: not refused
+    ray_connect.check_cluster_fits(4, 1, "head:6379")  # an autoscaler whose node types are unknown: not refused
     monkeypatch.setattr(ray_connect, "_autoscaler_node_types", lambda: [{"CPU": 4}])
     with pytest.raises(SweepConfigError, match="largest has 4 CPUs and 0 GPUs"):
-        ray_connect.check_cluster_fits(4, 1, small_cluster)
+        ray_connect.check_cluster_fits(4, 1, "head:6379")
 
 
 def test_a_storage_uri_nothing_can_open(run):
