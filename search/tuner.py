@@ -55,20 +55,21 @@ def init_ray(address: str | None) -> None:
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     # Per-epoch checkpoints of short trials trip a "snapshotting too often" warning that users cannot act on.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    from tsweep.search.ray_connect import check_local_auth, connection_error, ensure_private_token, loopback_only
+    from tsweep.search import ray_connect
 
     if address:
+        ray_connect.check_address(address)  # `tsweep resume --address` too: seconds, where Ray retries for minutes
         try:
             ray.init(address=address, runtime_env=runtime_env_for(address), log_to_driver=False)
-        except (ConnectionError, ValueError) as e:  # no cluster there, a bad address, a wrong token
-            raise connection_error(address, e) from None
+        except (ConnectionError, ValueError, ray.exceptions.AuthenticationError) as e:  # none there, a bad token
+            raise ray_connect.connection_error(address, e) from None
         return
 
     # "local" always starts a private Ray, never attaching to another one found on this machine; it listens
     # on 127.0.0.1 only, with token auth, and no dashboard (search.ray_connect).
-    check_local_auth()
-    ensure_private_token()
-    with loopback_only():
+    ray_connect.check_local_auth()
+    ray_connect.ensure_private_token()
+    with ray_connect.loopback_only():
         ray.init(address="local", include_dashboard=False, runtime_env=runtime_env_for(None), log_to_driver=False)
 
 

@@ -184,3 +184,12 @@ def test_a_node_type_the_autoscaler_can_start_is_enough(monkeypatch):
 def test_a_storage_uri_nothing_can_open(run):
     code, err = run("--storage", "weird://bucket/x")  # was a pyarrow traceback once Ray had started
     assert code == 2 and "--storage: cannot open weird://bucket/x" in err, err
+
+
+def test_resume_on_an_address_nothing_listens_on_fails_in_seconds(tmp_path, capsys):
+    from tests.fake_sweeps import demo_trials, sweep_info, write_fake_sweep
+
+    root = write_fake_sweep(tmp_path / "s", demo_trials(), sweep_info("s", status="interrupted"))
+    code = cli.main(["resume", str(root), "--address", "127.0.0.1:1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--address 127.0.0.1:1: nothing accepts connections there" in err and "Traceback" not in err
