@@ -20,6 +20,7 @@ from tsweep.files import check_folder
 from tsweep.search.cache_budget import evict_cache, parse_size
 from tsweep.search.formats import check_formats
 from tsweep.search.objective import Objective
+from tsweep.search.ray_connect import check_address, check_local_auth
 from tsweep.search.reader import check_storage
 from tsweep.search.records import read_trials, sweep_dir, write_sweep
 from tsweep.spaces.overrides import with_overrides
@@ -103,8 +104,6 @@ def check_options(opts: SweepOptions) -> None:
     for flag, folder in (("--results-dir", opts.results_dir), ("--cache-dir", opts.cache_dir)):
         check_folder(flag, folder)
     check_storage(opts.storage)  # a local folder, or a URI pyarrow can open (with credentials set up)
-    from tsweep.search.ray_connect import check_address, check_local_auth
-
     if opts.address is None:  # a local Ray has this machine's resources only: a trial that cannot fit waits forever
         check_local_resources(opts.cpus_per_trial, opts.gpus_per_trial)
         check_local_auth()  # a local Ray listens on loopback with token auth (search.ray_connect)
