@@ -128,9 +128,10 @@ def test_an_address_nothing_listens_on_fails_in_seconds(run, address):
     assert code == 2 and f"--address {address}" in err, err
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def small_cluster():
-    """A running Ray of 2 CPUs and no GPU in this process, reached by its address."""
+    """A running Ray of 2 CPUs and no GPU in this process, reached by its address (shut down after each test:
+    other tests here expect no Ray in this process)."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False)
