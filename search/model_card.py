@@ -3,9 +3,19 @@ to use each format with its own runtime alone (no tsweep)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from tsweep.search.formats import FORMATS
+
+# What Markdown would read as markup in a class name (tables, emphasis, code, HTML, links, headings): each is
+# backslash-escaped (CommonMark escapes any ASCII punctuation that way); line breaks become spaces.
+_MARKDOWN = re.compile(r"([\\|*_`<>\[\]#])")
+
+
+def md_text(value: Any) -> str:
+    """`value` as literal Markdown text: on one line, with no character read as markup."""
+    return _MARKDOWN.sub(r"\\\1", " ".join(str(value).splitlines()))
 
 
 def _metric_lines(metrics: dict) -> list[str]:
@@ -36,7 +46,10 @@ def model_card(result: Any, data: Any, metrics: dict, info: dict) -> str:
     """The markdown text of the model card (a pure function of what the export wrote)."""
     names = list(metrics.get("parity", {}).get("formats") or ("keras", "saved_model"))
     config = result.config.to_dict()
-    rows = "\n".join(f"| `{k}` | {v} |" for k, v in config.items())
+    # tsweep's own values (names, numbers, a weights path): only what would break the table is escaped
+    rows = "\n".join(f"| `{k}` | {' '.join(str(v).splitlines()).replace('|', chr(92) + '|')} |"
+                     for k, v in config.items())
+    classes = [md_text(c) for c in data.class_names]
     size = config["image_size"]
     return f"""# Model card: {info.get('name', 'tsweep sweep')} winner (trial {metrics['trial_id']})
 
@@ -45,7 +58,7 @@ Transfer model found by a transfer-sweep (`tsweep`) hyperparameter sweep, {_how_
 ## Data
 - source: `{data.source}`
 - {data.summary()}
-- classes (output order): {', '.join(data.class_names)}
+- classes (output order): {', '.join(classes)}
 
 ## Metrics
 {chr(10).join(_metric_lines(metrics))}
@@ -60,8 +73,8 @@ Transfer model found by a transfer-sweep (`tsweep`) hyperparameter sweep, {_how_
 ## Use
 The model takes raw RGB pixels (0-255, float32) of shape ({size}, {size}, 3), batched; resizing is up to you
 (tsweep resizes with bilinear filtering, not keeping the aspect ratio), the backbone's preprocessing is inside
-the model, in Keras's own layers. {'One sigmoid unit gives P(' + data.class_names[1] + ').'
-if len(data.class_names) == 2 else 'A softmax gives one probability per class, in `labels.json` order.'}
+the model, in Keras's own layers. {'One sigmoid unit gives P(' + classes[1] + ').'
+if len(classes) == 2 else 'A softmax gives one probability per class, in `labels.json` order.'}
 
 ```bash
 tsweep predict {info.get('name') and 'results/' + info['name'] + '/export' or 'export'} photo.jpg --top 3
@@ -104,7 +117,7 @@ def snippet(name: str, size: int, class_names: list[str]) -> str:
     format's runtime; prints {class: probability}. Paths are relative to the export's parent folder."""
     imports, lines = _RUNTIME_CODE[_runtime(name)]
     if len(class_names) == 2:
-        tail = [f"probs = [1.0 - float(out[0]), float(out[0])]  # one sigmoid unit: P({class_names[1]})"]
+        tail = [f"probs = [1.0 - float(out[0]), float(out[0])]  # one sigmoid unit: P({class_names[1]!r})"]
     else:
         tail = ["probs = out.tolist()  # softmax, in labels.json order"]
     code = ["import json", "", "import numpy as np", imports, "from PIL import Image", "",

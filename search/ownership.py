@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tsweep.errors import SweepConfigError
-from tsweep.files import fsync_dir, is_uri
+from tsweep.files import fsync_dir, is_uri, join_location
 
 MARKER = ".tsweep-sweep"
 LOCK = ".tsweep-lock"
@@ -64,7 +64,7 @@ def lock_sweep(root: Path, fix: str) -> int:
 
 def read_marker(folder: str | Path) -> dict | None:
     """A folder's .tsweep-sweep (local path or URI), or None when it has none."""
-    text = _read_text(f"{str(folder).rstrip('/')}/{MARKER}")
+    text = _read_text(join_location(folder, MARKER))
     return json.loads(text) if text is not None else None
 
 
@@ -161,7 +161,7 @@ def claim_storage(experiment: str, root: Path, marker: dict) -> str | None:
             raise SweepConfigError(f"--storage: {experiment} already holds another Ray experiment: pass another "
                                    "--name or --storage")
         claim = {"id": marker["id"], "results": str(root), "host": socket.gethostname()}
-        location = f"{experiment.rstrip('/')}/{MARKER}"
+        location = join_location(experiment, MARKER)
         if is_uri(experiment):
             _write_text(location, json.dumps(claim))
             return location
@@ -267,7 +267,7 @@ def update_storage_owner(experiment: str, root: Path, marker: dict[str, Any]) ->
     """Point a storage experiment's marker at the results folder that now owns it (a moved sweep)."""
     claim = {"id": marker["id"], "results": str(root), "host": socket.gethostname()}
     if is_uri(experiment):
-        _write_text(f"{experiment.rstrip('/')}/{MARKER}", json.dumps(claim))
+        _write_text(join_location(experiment, MARKER), json.dumps(claim))
     else:
         from tsweep.files import atomic_write_json
 

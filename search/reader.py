@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tsweep.errors import SweepConfigError
-from tsweep.files import is_uri
+from tsweep.files import is_uri, without_credentials
 from tsweep.search.objective import Objective
 from tsweep.search.records import SWEEP_FILE, TRIALS_DIR
 
@@ -72,9 +72,23 @@ def filesystem(location: str | Path, fs: Any = None) -> tuple[Any, str]:
         try:
             return pafs.FileSystem.from_uri(str(location))
         except Exception as e:  # pyarrow raises ArrowInvalid / OSError subclasses with useful text
-            raise SweepConfigError(f"cannot open {location}: {e}. Pass a local sweep folder or a URI pyarrow.fs "
-                                   "supports (s3://, gs://, file://) with credentials set up") from None
+            shown = without_credentials(location)
+            raise SweepConfigError(f"cannot open {shown}: {str(e).replace(str(location), shown)}. Pass a local "
+                                   "sweep folder or a URI pyarrow.fs supports (s3://, gs://, file://) with "
+                                   "credentials set up") from None
     return pafs.LocalFileSystem(), str(Path(location).expanduser().resolve())
+
+
+def check_storage(storage: str | None) -> None:
+    """`--storage` before any trial: a local folder that can be created, or a URI pyarrow can open."""
+    from tsweep.files import check_folder
+
+    if storage and is_uri(storage):
+        try:
+            filesystem(storage)
+        except SweepConfigError as e:
+            raise SweepConfigError(f"--storage: {e}") from None
+    check_folder("--storage", storage)
 
 
 def _read_text(fs: Any, path: str) -> str:
@@ -116,6 +130,7 @@ def read_snapshot(location: str | Path, fs: Any = None) -> SweepSnapshot:
     """
     location = str(location)
     fs, root = filesystem(location, fs)
+    location = without_credentials(location)  # from here on only shown (in messages, the report)
     try:
         kind = _kind(fs, root)
         if kind != "dir":

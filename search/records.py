@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 from tsweep.errors import SweepConfigError
-from tsweep.files import atomic_write_json
+from tsweep.files import atomic_write_json, is_uri, without_credentials
 
 SWEEP_FILE = "sweep.json"
 TRIALS_DIR = "trials"
@@ -39,7 +40,18 @@ def read_sweep(root: str | Path) -> dict:
 
 
 def write_sweep(root: Path, info: dict) -> None:
-    atomic_write_json(root / SWEEP_FILE, info)
+    """Write sweep.json; credentials inside URIs (--storage, --data) are never stored (`without_credentials`):
+    Ray and the trials got the URIs in full, and a resume reads them from the environment."""
+    atomic_write_json(root / SWEEP_FILE, _stored(info))
+
+
+def _stored(value: Any) -> Any:
+    """`value` with every URI in it (at any depth) stripped of credentials."""
+    if isinstance(value, dict):
+        return {k: _stored(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_stored(v) for v in value]
+    return without_credentials(value) if isinstance(value, str) and is_uri(value) else value
 
 
 def trial_path(root: Path, trial_id: str) -> Path:

@@ -22,7 +22,7 @@ from tsweep.search.leaderboard import board, render_html, status_counts
 from tsweep.search.objective import Objective
 from tsweep.search.reader import SweepSnapshot, read_snapshot
 from tsweep.search.records import EXPORT_DIR
-from tsweep.search.report_html import Figures, Section, facts_table, importance_table, note, render_page
+from tsweep.search.report_html import Figures, Section, facts_table, files_written, importance_table, note, render_page
 from tsweep.search.report_winner import winner_sections
 
 IMPORTANCE_HELP = (
@@ -124,13 +124,19 @@ def write_report(sweep: str | Path, out: str | Path | None = None, max_images: i
     files = out.parent / f"{out.stem}_files"
     # Temp file + rename, readable like any file (a report is meant to be shared and served): a browser
     # reloading the report never sees half of it.
+    # The plots an earlier report at `out` wrote (listed in its page) and that are gone now are removed: only
+    # those, never another PNG that happens to be in that folder.
+    try:
+        earlier = files_written(out.read_text(encoding="utf-8", errors="replace"))
+    except OSError:  # no earlier report here
+        earlier = []
     for name, data in figures.items.items():
         with atomic_open(files / name, shared=True) as f:
             f.write(data)
-    for stale in files.glob("*.png") if files.is_dir() else []:  # plots of an older report that are gone now
-        if stale.name not in figures.items:
-            stale.unlink()
-    page = render_page(f"tsweep report: {snap.name}", sections, time.strftime("%Y-%m-%d %H:%M:%S"))
+    page = render_page(f"tsweep report: {snap.name}", sections, time.strftime("%Y-%m-%d %H:%M:%S"),
+                       files=figures.items)
     with atomic_open(out, shared=True) as f:
         f.write(page.encode("utf-8"))
+    for name in set(earlier) - set(figures.items):
+        (files / name).unlink(missing_ok=True)
     return out

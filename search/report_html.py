@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from tsweep.search.leaderboard import fmt
 from tsweep.search.objective import is_number
+
+FILES_META = "tsweep-report-files"  # <meta> naming the PNGs written beside the page
 
 
 @dataclass
@@ -95,18 +98,29 @@ code{background:#f3f6fa;padding:1px 4px}.generated{color:#777;font-size:12px}
 """
 
 
-def render_page(title: str, sections: list[Section], generated: str = "") -> str:
+def files_written(page: str) -> list[str]:
+    """The PNG files a page made by `render_page` says it wrote beside it (none for any other page)."""
+    match = re.search(f'<meta name="{FILES_META}" content="([^"]*)">', page)
+    names = html.unescape(match.group(1)).split() if match else []
+    return [n for n in names if n.endswith(".png") and "/" not in n and "\\" not in n and not n.startswith(".")]
+
+
+def render_page(title: str, sections: list[Section], generated: str = "", files: Iterable[str] = ()) -> str:
     """The whole HTML document: title, links to the sections, then each section.
 
     Args:
         title: the page's <title> and <h1>.
         sections: in page order; their blocks are HTML already.
         generated: a timestamp shown under the title; default "" (none).
+        files: the PNG files written beside the page, listed in a <meta> (FILES_META) so that the next report
+            at the same place removes only those; default () (none).
     """
     toc = " ".join(f'<a href="#{html.escape(s.id)}">{html.escape(s.title)}</a>' for s in sections)
     body = "\n".join(f'<section id="{html.escape(s.id)}">\n<h2>{html.escape(s.title)}</h2>\n'
                      + "\n".join(s.blocks) + "\n</section>" for s in sections)
     stamp = f'<p class="generated">generated {html.escape(generated)} by tsweep report</p>\n' if generated else ""
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+    listed = " ".join(sorted(files))
+    meta = f'<meta name="{FILES_META}" content="{html.escape(listed)}">\n' if listed else ""
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n{meta}'
             f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
             f"<h1>{html.escape(title)}</h1>\n{stamp}<nav>{toc}</nav>\n{body}\n</body>\n</html>\n")

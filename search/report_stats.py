@@ -129,6 +129,22 @@ def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: 
     return cm
 
 
+def top_confusions(cm: np.ndarray, class_names: Sequence[str], k: int = 20) -> list[dict]:
+    """The `k` most frequent mistakes (true class predicted as another), most first: for confusion matrices too
+    large to draw. `share` is the fraction of that true class's images that went to that prediction."""
+    off = np.array(cm, dtype=np.int64)
+    np.fill_diagonal(off, 0)
+    flat = np.flatnonzero(off)
+    order = flat[np.argsort(-off.flat[flat], kind="mergesort")][:max(0, k)]
+    actual = cm.sum(axis=1)
+    rows = []
+    for index in order:
+        i, j = divmod(int(index), cm.shape[1])
+        rows.append({"true": class_names[i], "predicted": class_names[j], "images": int(off[i, j]),
+                     "share of true": off[i, j] / actual[i] if actual[i] else None})
+    return rows
+
+
 def per_class(cm: np.ndarray, class_names: Sequence[str]) -> list[dict]:
     """Precision, recall, F1 and support per class of a confusion matrix (None where undefined: a class
     never predicted has no precision)."""

@@ -18,6 +18,9 @@ from tsweep.search import report_stats as stats
 from tsweep.search.reader import SweepSnapshot
 from tsweep.search.report_html import Figures, Section, dict_table, facts_table, note
 
+MAX_DRAWN_CLASSES = 50  # above this, the confusion matrix is a table of its largest off-diagonal cells
+TOP_CONFUSIONS = 20
+
 
 @dataclass
 class Evaluation:
@@ -97,8 +100,14 @@ def evaluation_blocks(ev: Evaluation, figures: Figures, full_data: bool) -> list
                 for split, (_, y, probs) in ev.splits.items()}
     blocks = [note("The winner was retrained on train + validation: its validation scores are optimistic; "
                    "trust the test split.")] if full_data else []
-    blocks.append(figures.add("confusion", plots.confusion_png(matrices, ev.class_names), "confusion matrices",
-                              "Rows: true class; columns: predicted class."))
+    if n <= MAX_DRAWN_CLASSES:
+        blocks.append(figures.add("confusion", plots.confusion_png(matrices, ev.class_names), "confusion matrices",
+                                  "Rows: true class; columns: predicted class."))
+    else:  # a drawn n x n matrix would be unreadable (and a gigapixel image): its largest cells instead
+        for split, cm in matrices.items():
+            blocks.append(f"<h3>{split}: the {TOP_CONFUSIONS} most frequent confusions of {n} classes</h3>")
+            rows = stats.top_confusions(cm, ev.class_names, TOP_CONFUSIONS)
+            blocks.append(dict_table(rows, "confusions") if rows else note(f"No {split} image is misclassified."))
     for split, cm in matrices.items():
         blocks.append(f"<h3>{split}: per-class precision and recall</h3>")
         blocks.append(dict_table(stats.per_class(cm, ev.class_names), "per-class"))

@@ -51,6 +51,10 @@ def resume_sweep(root: Path, address: str | None = None, progress: Callable[[str
     if address:
         options["address"] = address
     opts = options_from_dict(options, progress)
+    if opts.address:
+        from tsweep.search.ray_connect import check_address
+
+        check_address(opts.address)  # an unreachable cluster fails in seconds, before anything is loaded
     check_owner(root, str(root), trust)  # before this driver writes its lock there
     lock = lock_sweep(root, "wait for it to end (or stop it) before resuming")
     try:

@@ -6,6 +6,7 @@ found before Ray starts, and once trials run, a failing trial is recorded and th
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import secrets
@@ -16,11 +17,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from tsweep.errors import SweepConfigError, out_of_range
+from tsweep.files import check_folder, join_location
 from tsweep.search.cache_budget import evict_cache, parse_size
 from tsweep.search.formats import check_formats
 from tsweep.search.options import OVERRIDE_FLAGS as OVERRIDE_OPTIONS
 from tsweep.search.options import SweepOptions
 from tsweep.search.ownership import Claim, abandon, claim_folder, claim_storage
+from tsweep.search.ray_connect import check_address, check_local_auth
+from tsweep.search.reader import check_storage
 from tsweep.search.records import read_trials, sweep_dir, write_sweep
 from tsweep.spaces.overrides import with_overrides
 from tsweep.spaces.space import Space, load_space
@@ -53,14 +57,21 @@ def check_options(opts: SweepOptions) -> None:
         parse_size(opts.cache_memory)
     if opts.cache_disk:
         parse_size(opts.cache_disk, "--cache-disk")
-    if opts.cpus_per_trial <= 0 or opts.gpus_per_trial < 0:
+    if not (math.isfinite(opts.cpus_per_trial) and math.isfinite(opts.gpus_per_trial)) \
+            or opts.cpus_per_trial <= 0 or opts.gpus_per_trial < 0:
         raise SweepConfigError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0, got "
                                f"{opts.cpus_per_trial} and {opts.gpus_per_trial}")
     if not 0 <= opts.seed <= 2**31 - 1:
         raise SweepConfigError(f"--seed: {out_of_range('seed', 0, 2**31 - 1, opts.seed)}")
     check_formats(opts.formats)  # unknown formats and missing extras (the pip install that fixes it)
+    for flag, folder in (("--results-dir", opts.results_dir), ("--cache-dir", opts.cache_dir)):
+        check_folder(flag, folder)
+    check_storage(opts.storage)  # a local folder, or a URI pyarrow can open (with credentials set up)
     if opts.address is None:  # a local Ray has this machine's resources only: a trial that cannot fit waits forever
         check_local_resources(opts.cpus_per_trial, opts.gpus_per_trial)
+        check_local_auth()  # a local Ray listens on loopback with token auth (search.ray_connect)
+    else:
+        check_address(opts.address)  # an unreachable address fails in seconds, not after decoding
 
 
 def check_local_resources(cpus: float, gpus: float) -> None:
@@ -192,8 +203,8 @@ def experiment_path(opts: SweepOptions, root: Path) -> str:
         return str(root)
     from tsweep.files import is_uri
 
-    if is_uri(opts.storage):
-        return f"{opts.storage.rstrip('/')}/{root.name}"
+    if is_uri(opts.storage):  # the name goes into the path, before any ?query (e.g. pyarrow's ?region=...)
+        return join_location(opts.storage, root.name)
     return str(Path(opts.storage).expanduser().resolve() / root.name)
 
 

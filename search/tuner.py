@@ -55,11 +55,31 @@ def init_ray(address: str | None) -> None:
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     # Per-epoch checkpoints of short trials trip a "snapshotting too often" warning that users cannot act on.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    from tsweep.search import ray_connect
+
     if address:
-        ray.init(address=address, runtime_env=runtime_env_for(address), log_to_driver=False)
-    else:
-        # "local" always starts a private Ray, never attaching to another one found on this machine.
+        ray_connect.check_address(address)  # `tsweep resume --address` too: seconds, where Ray retries for minutes
+        try:
+            ray.init(address=address, runtime_env=runtime_env_for(address), log_to_driver=False)
+        except (ConnectionError, ValueError, ray.exceptions.AuthenticationError) as e:  # none there, a bad token
+            raise ray_connect.connection_error(address, e) from None
+        return
+
+    # "local" always starts a private Ray, never attaching to another one found on this machine; it listens
+    # on 127.0.0.1 only, with token auth, and no dashboard (search.ray_connect).
+    ray_connect.check_local_auth()
+    ray_connect.ensure_private_token()
+    with ray_connect.loopback_only():
         ray.init(address="local", include_dashboard=False, runtime_env=runtime_env_for(None), log_to_driver=False)
+
+
+def check_fits(opts: Any) -> None:
+    """On a cluster, once connected: a trial's resources must fit some node (a local Ray's are checked with the
+    other options, before any decoding)."""
+    if opts.address:
+        from tsweep.search.ray_connect import check_cluster_fits
+
+        check_cluster_fits(opts.cpus_per_trial, opts.gpus_per_trial, opts.address)
 
 
 def trainable_for(opts: Any, data_options: dict) -> Any:
@@ -98,6 +118,7 @@ def run_tuner(opts: Any, space: Space, data_options: dict, root: Path, objective
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     init_ray(opts.address)
+    check_fits(opts)
     trainable = trainable_for(opts, data_options)
     recorder = SweepRecorder(root, objective, total=opts.num_samples, printer=progress)
     tuner = tune.Tuner(
@@ -139,10 +160,18 @@ def resume_tuner(opts: Any, data_options: dict, experiment: str, root: Path, obj
     """
     from ray import tune
 
-    init_ray(opts.address)
-    if not tune.Tuner.can_restore(experiment):
-        from tsweep.errors import SweepConfigError
+    from tsweep.errors import SweepConfigError
 
+    init_ray(opts.address)
+    check_fits(opts)
+    try:
+        restorable = tune.Tuner.can_restore(experiment)
+    except Exception as e:  # pyarrow: OSError (access denied, no network), ArrowInvalid
+        raise SweepConfigError(f"cannot read the sweep's Ray state at {experiment} ({e}); credentials given inside "
+                               "a --storage URI are never stored in sweep.json: give them in the environment "
+                               "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS) and "
+                               "resume again") from None
+    if not restorable:
         raise SweepConfigError(f"{experiment} holds no Ray Tune experiment state to resume from (the sweep "
                                "stopped before its first trial started): run it again with `tsweep run`")
     from tsweep.search.ray_state import repair_stale_checkpoints

@@ -8,6 +8,7 @@ TensorFlow or Ray.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -41,6 +42,11 @@ def with_overrides(space: Space, overrides: Mapping[str, Any],
 
     check_keys(overrides, "command-line override")
     fixed = {key: coerce(key, value, label(key)) for key, value in overrides.items()}
+    weights = fixed.get("weights")
+    if isinstance(weights, str) and weights.lower() not in ("imagenet", "none") \
+            and not Path(weights).expanduser().is_file():  # found now, not after minutes of decoding
+        raise SweepConfigError(f"{label('weights')}: no such weights file: pass an existing .h5 file, "
+                               "\"imagenet\" or \"none\"")
     notices: list[str] = []
     params = dict(space.params)
     params.update({key: Dist("fixed", (value,)) for key, value in fixed.items()})

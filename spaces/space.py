@@ -168,6 +168,24 @@ def resolve_path(name_or_path: str | Path) -> Path:
     return bundled
 
 
+def read_space_text(path: Path) -> str:
+    """A space file's text; an unreadable or binary file is a clear error naming it, not an OSError or a
+    UnicodeDecodeError."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise SweepConfigError(f"space file {path} cannot be read ({e.strerror or e}): check its permissions, "
+                               "or pass another --space") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\0" in text:  # an image, an archive, a model file...
+        raise SweepConfigError(f"space file {path} is not a text (YAML) file: pass a YAML file or a bundled "
+                               "space's name to --space (`tsweep spaces` lists them)")
+    return text
+
+
 def load_space(name_or_path: str | Path = "default") -> Space:
     """Read, parse and validate a space file.
 
@@ -178,7 +196,7 @@ def load_space(name_or_path: str | Path = "default") -> Space:
 
     path = resolve_path(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(read_space_text(path)) or {}
     except yaml.YAMLError as e:
         raise SweepConfigError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(raw, Mapping):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +18,63 @@ from typing import IO, Any, Iterator
 def is_uri(location: str | os.PathLike) -> bool:
     """True for a URI (s3://bucket/x, gs://..., file:///abs/path), False for a local path."""
     return "://" in str(location)
+
+
+# Query parameters that carry secrets in storage URIs (pyarrow's s3://...?access_key=...&secret_key=..., signed
+# URLs' signatures, tokens): matched as parts of the lower-cased name.
+SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)(?:[^@/?#:]*:[^@?#]*@|[^@/?#]*@)")
+SECRET_PARAMS = ("key", "secret", "token", "password", "passwd", "credential", "signature", "sig", "auth")
+
+
+def without_credentials(location: str | os.PathLike) -> str:
+    """`location` safe to store or show: a URI loses its user:password@ part and the values of query parameters
+    that carry secrets (REDACTED); anything else, and a local path, is returned as it is.
+
+    E.g. s3://AKIA:SECRET@bucket/x?region=eu-west-1&secret_key=S -> s3://bucket/x?region=eu-west-1&secret_key=REDACTED
+    """
+    text = str(location)
+    if not SCHEME.match(text):  # a local path, or text that only mentions a URI
+        return text
+    # user:password@ (a password may hold "/", as AWS secret keys do) or user@, right after the scheme
+    text = USERINFO.sub(r"\1", text, count=1)
+    base, sep, query = text.partition("?")
+    fragment = ""
+    if "#" in query:
+        query, fragment = query.split("#", 1)
+        fragment = "#" + fragment
+    pairs = []
+    for pair in query.split("&") if sep else []:
+        name, eq, _value = pair.partition("=")
+        secret = eq and any(word in name.lower() for word in SECRET_PARAMS)
+        pairs.append(f"{name}=REDACTED" if secret else pair)
+    return base + sep + "&".join(pairs) + fragment
+
+
+def join_location(base: str | os.PathLike, name: str) -> str:
+    """`base`/`name` for a path or a URI; a URI's ?query (e.g. pyarrow's ?region=...) stays at the end."""
+    text = str(base)
+    head, sep, query = text.partition("?") if SCHEME.match(text) else (text, "", "")
+    return f"{head.rstrip('/')}/{name}{sep}{query}"
+
+
+def has_credentials(location: str | os.PathLike | None) -> bool:
+    """True when `without_credentials` would change `location`."""
+    return location is not None and without_credentials(location) != str(location)
+
+
+def check_folder(flag: str, folder: str | os.PathLike | None) -> None:
+    """A local folder given with `flag` must be creatable: no file at it or at one of its parents. URIs pass."""
+    from tsweep.errors import SweepConfigError
+
+    if not folder or is_uri(folder):
+        return
+    for path in (Path(folder).expanduser(), *Path(folder).expanduser().parents):
+        if path.exists():
+            if not path.is_dir():
+                raise SweepConfigError(f"{flag} {folder}: {path} is a file, not a folder: pass a folder (it is "
+                                       "created if missing)")
+            return
 
 
 @contextmanager
