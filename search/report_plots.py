@@ -15,7 +15,8 @@ from tsweep.search.objective import Objective, is_number
 from tsweep.search.report_stats import best_values, category_order, is_categorical
 
 # Line style and end marker per trial status: pruned trials end dashed, with an x where ASHA stopped them.
-STATUS_STYLE = {"completed": ("-", "o"), "pruned": ("--", "x"), "running": (":", ">"), "failed": ("-.", "X")}
+STATUS_STYLE = {"completed": ("-", "o"), "pruned": ("--", "x"), "running": (":", ">"), "failed": ("-.", "X"),
+                "stopped": ("--", "|")}  # stopped: by the time budget
 OTHER_STYLE = (":", ".")
 LOG_PARAMS = ("learning_rate", "warmup_learning_rate", "weight_decay")  # log axes even without sweep.json
 DPI = 100

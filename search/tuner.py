@@ -8,7 +8,6 @@ from typing import Any, Callable
 
 from tsweep.files import is_uri
 from tsweep.search.objective import Objective
-from tsweep.search.ray_space import to_ray
 from tsweep.search.recorder import SweepRecorder
 from tsweep.search.trial import make_trainable
 from tsweep.spaces.space import Space
@@ -82,7 +81,7 @@ def make_scheduler(max_epochs: int, grace_period: int, reduction_factor: int) ->
 
 
 def run_tuner(opts: Any, space: Space, data_options: dict, root: Path, objective: Objective,
-              max_epochs: int, progress: Callable[[str], None] = print) -> Any:
+              max_epochs: int, progress: Callable[[str], None] = print, warm: Any = None) -> Any:
     """Run the trials of a prepared sweep with Ray Tune; returns Ray's ResultGrid.
 
     Args:
@@ -93,25 +92,32 @@ def run_tuner(opts: Any, space: Space, data_options: dict, root: Path, objective
         objective: metric and direction.
         max_epochs: ASHA's max_t.
         progress: where progress lines go.
+        warm: a `warm_start.WarmStart` seeding the searcher, or None.
     """
     from ray import tune
-    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from tsweep.search.budget import TimeBudget
+    from tsweep.search.cache_budget import parse_duration
+    from tsweep.search.searchers import make_searcher, resolve_search
 
     init_ray(opts.address)
     trainable = trainable_for(opts, data_options)
-    recorder = SweepRecorder(root, objective, total=opts.num_samples, printer=progress)
+    budget = TimeBudget(parse_duration(opts.time_budget, "--time-budget"), root) if opts.time_budget else None
+    search_alg, param_space = make_searcher(resolve_search(opts.search, space), space, objective, opts.seed,
+                                            root, warm)
+    recorder = SweepRecorder(root, objective, total=opts.trial_limit(), printer=progress, budget=budget)
     tuner = tune.Tuner(
         trainable,
-        param_space=to_ray(space),
+        param_space=param_space,
         tune_config=tune.TuneConfig(
-            metric=objective.metric, mode=objective.mode, num_samples=opts.num_samples,
+            metric=objective.metric, mode=objective.mode, num_samples=opts.trial_limit(),
             scheduler=make_scheduler(max_epochs, opts.grace_period, opts.reduction_factor),
-            search_alg=BasicVariantGenerator(random_state=opts.seed),
+            search_alg=search_alg,
             trial_dirname_creator=lambda trial: trial.trial_id,
             reuse_actors=opts.reuse_workers,
         ),
         run_config=tune.RunConfig(
-            name=root.name, storage_path=storage_path(opts, root), callbacks=[recorder], verbose=0,
+            name=root.name, storage_path=storage_path(opts, root), callbacks=[recorder], verbose=0, stop=budget,
             # Disk stays bounded: the best checkpoint by the metric, plus Ray always keeps the latest.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=objective.metric,
                                                     checkpoint_score_order=objective.mode),
@@ -130,7 +136,9 @@ def storage_path(opts: Any, root: Path) -> str:
 
 def resume_tuner(opts: Any, data_options: dict, experiment: str) -> Any:
     """Continue an interrupted sweep from Ray's experiment state: finished and pruned trials stay as they
-    are, unfinished and errored ones continue from their last checkpoint."""
+    are, unfinished and errored ones continue from their last checkpoint. The search algorithm, the time
+    budget and the recorder come back from the Tuner's state: a TPE searcher then also learns every finished
+    trial from the sweep's records (`optuna_search`), and a budget continues with what is left (`budget`)."""
     from ray import tune
 
     init_ray(opts.address)
