@@ -92,9 +92,10 @@ def place(config: dict, space: Space, source: str) -> tuple[dict | None, str, li
         if key not in config:
             continue  # filled in below for sampled keys; a fixed or default key is the new trials' value
         if not contains(d, config[key]):
-            what = f"fixed at {d.values[0]!r}" if d.kind == "fixed" else f"{d.kind} {list(d.values)}"
             if key not in space.params:
-                what += " (the default: this space does not set it)"
+                what = f"it does not set `{key}`: its trials get the default {d.values[0]!r}"
+            else:
+                what = f"fixed at {d.values[0]!r}" if d.kind == "fixed" else f"{d.kind} {list(d.values)}"
             return None, f"`{key}` {config[key]!r} is outside this sweep's space ({what})", []
     placed = {}
     for key, d in space.sampled.items():
