@@ -137,7 +137,8 @@ def time_to(curve: list[tuple[float, float]], target: float | None) -> float | N
 def summarize(runs: list[dict], budget_s: float) -> list[dict]:
     """One row per run: the best at each fraction of the budget, the time to the naive sweep's final best."""
     naive = [r for r in runs if r["method"] == "naive"]
-    target = max((best_by(r["curve"], budget_s) or 0.0 for r in naive), default=None) if naive else None
+    finals = [b for b in (best_by(r["curve"], budget_s) for r in naive) if b is not None]
+    target = max(finals) if finals else None  # the naive sweep's final best (None: it finished no epoch)
     rows = []
     for r in runs:
         row = {"dataset": r["dataset"], "method": r["method"], "seed": r["seed"], "trials": r["trials"],
@@ -176,8 +177,10 @@ def targets(rows: list[dict]) -> list[str]:
         mine = [r for r in rows if r["dataset"] == dataset and r["method"] in ("random", "tpe")]
         others = [r for r in rows if r["dataset"] == dataset and r["method"] in ("naive", "hyperband")]
         bar = max((r["best_100%"] or 0.0 for r in others), default=None)
-        if mine and bar is not None:
-            worst = min(r["best_100%"] or 0.0 for r in mine)
+        if mine and any(r["best_100%"] is None for r in mine):
+            out.append(f"FAIL {dataset}: a tsweep run finished no epoch within the budget")
+        elif mine and bar is not None:
+            worst = min(r["best_100%"] for r in mine)
             out.append(f"{'PASS' if worst >= bar else 'FAIL'} {dataset}: every tsweep run's best ({worst:.4f} at the "
                        f"worst) >= naive's and Hyperband's ({bar:.4f})")
         reach = [r["to_naive_frac"] for r in mine]
@@ -212,7 +215,8 @@ def plot(runs: list[dict], path: Path, budget_s: float) -> None:
         ax.set_xlabel("wall time (minutes)")
         ax.set_ylabel("best val_accuracy so far")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="lower right")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(png(fig))
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from tsweep.files import is_uri
 from tsweep.search.objective import Objective
@@ -124,7 +125,29 @@ def run_tuner(opts: Any, space: Space, data_options: dict, root: Path, objective
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
         ),
     )
-    return tuner.fit()
+    with queued_trials(opts):
+        return tuner.fit()
+
+
+@contextmanager
+def queued_trials(opts: Any) -> Iterator[None]:
+    """A sweep bounded by its time budget alone: Ray would queue 200 pending trials up front (for autoscaling),
+    which the budget then ends unstarted. Keep about two waves queued instead, and quiet Ray's warning about
+    trials that never started (they have no results; tsweep records only trials that start)."""
+    import logging
+
+    import ray
+
+    key = "TUNE_MAX_PENDING_TRIALS_PG"  # read when Ray's TuneController is built, inside fit()
+    if opts.trial_limit() >= 0 or key in os.environ:
+        yield
+        return
+    os.environ[key] = str(max(4, 2 * int(ray.cluster_resources().get("CPU", 1) / opts.cpus_per_trial)))
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
 
 
 def storage_path(opts: Any, root: Path) -> str:
@@ -152,4 +175,5 @@ def resume_tuner(opts: Any, data_options: dict, experiment: str) -> Any:
     repair_stale_checkpoints(experiment)
     tuner = tune.Tuner.restore(experiment, trainable_for(opts, data_options), resume_unfinished=True,
                                resume_errored=True)
-    return tuner.fit()
+    with queued_trials(opts):
+        return tuner.fit()
