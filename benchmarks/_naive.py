@@ -143,7 +143,8 @@ def run(space: Any, data_dir: Path, image_size: int, trials: int, max_epochs: in
     finished = epochs = 0
     best: float | None = None
     for result in grid:
-        finished += result.error is None and bool(result.metrics)  # a budget stops some trials before they start
+        # a time budget ends some trials before they start: they have no iteration
+        finished += result.error is None and int((result.metrics or {}).get("training_iteration", 0)) > 0
         epochs += int((result.metrics or {}).get("training_iteration", 0))
         df = result.metrics_dataframe
         if df is not None and "val_accuracy" in df and len(df):

@@ -155,8 +155,8 @@ def table(rows: list[dict]) -> str:
     lines = [f"{'dataset':<14}{'method':<11}{'seed':>5}{'trials':>7}{'epochs':>7}{'best@25%':>10}{'@50%':>8}"
              f"{'@100%':>8}{'to naive best':>16}"]
     for r in rows:
-        reach = "never" if r["naive_final"] is not None and r["to_naive_s"] is None else \
-            f"{fmt(r['to_naive_s'], '.0f')} s ({fmt(r['to_naive_frac'], '.0%')})"
+        reach = "-" if r["naive_final"] is None else "never" if r["to_naive_s"] is None else \
+            f"{r['to_naive_s']:.0f} s ({r['to_naive_frac']:.0%})"
         lines.append(f"{r['dataset']:<14}{r['method']:<11}{r['seed']:>5}{r['trials']:>7}{r['epochs']:>7}"
                      f"{fmt(r['best_25%'], '.4f'):>10}{fmt(r['best_50%'], '.4f'):>8}{fmt(r['best_100%'], '.4f'):>8}"
                      f"{reach:>16}")

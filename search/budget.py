@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ray.tune.stopper import Stopper
+
 from tsweep.files import atomic_write_json
 
 BUDGET_FILE = "budget.json"
@@ -31,7 +33,7 @@ def spent_s(root: str | Path) -> float:
 
 
 def format_left(seconds: float) -> str:
-    """"12:05 left", "1:02:03 left" or "budget spent"."""
+    """"12:05 left", "1:02:03 left" or "time budget spent"."""
     if seconds <= 0:
         return "time budget spent"
     minutes, secs = divmod(int(seconds), 60)
@@ -39,15 +41,7 @@ def format_left(seconds: float) -> str:
     return (f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}") + " left"
 
 
-def _stopper_base() -> type:
-    try:
-        from ray.tune.stopper import Stopper
-    except ImportError:  # no Ray (tests of the accounting alone): a plain object
-        return object
-    return Stopper
-
-
-class TimeBudget(_stopper_base()):
+class TimeBudget(Stopper):
     """Args:
         budget_s: the whole sweep's budget in seconds (every run of it together).
         root: the sweep folder, where `budget.json` keeps the seconds spent.

@@ -100,6 +100,11 @@ class SweepRecorder(Callback):
             record["status"], record["error"] = "failed", error
         self._end(record)
 
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        """With a time budget, a line at least every minute, so the time left shows during long epochs too."""
+        if self.budget is not None and time.time() - self.last_print >= max(60.0, self.interval):
+            self._progress(force=True)
+
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """A spent time budget ends the experiment without trial-complete events: mark those trials."""
         if self.budget is None or self.budget.remaining() > 0:
