@@ -99,8 +99,8 @@ def place(config: dict, space: Space, source: str) -> tuple[dict | None, str, li
             return None, f"`{key}` {config[key]!r} is outside this sweep's space ({what})", []
     placed = {}
     for key, d in space.sampled.items():
-        if key in config:
-            placed[key] = config[key]
+        if key in config:  # inside the range up to its tolerance: clipped, so Optuna takes it
+            placed[key] = min(max(config[key], d.values[0]), d.values[1]) if d.kind != "choice" else config[key]
         else:
             default = getattr(TrialConfig, key)
             placed[key] = default if contains(d, default) else middle(d)

@@ -46,6 +46,15 @@ def test_keys_an_old_sweep_lacks_take_the_new_spaces_values():
                                                              "results/old").notes[0]
 
 
+def test_values_at_a_bound_are_clipped_into_it():
+    at_bound = record("a", "completed", [0.5], budget=2, learning_rate=1e-2 * (1 + 1e-12), dropout=-1e-15)
+    placed, why, _ = place(at_bound["config"], fixed_space(**NEW), "results/old")
+    assert why == "" and placed["learning_rate"] == 1e-2 and placed["dropout"] == 0.0
+    searcher, _ = make_searcher("tpe", fixed_space(**NEW), Objective(), seed=0,
+                                warm=from_sweep(sweep_info("old"), [at_bound], fixed_space(**NEW), Objective(), "o"))
+    assert [t.state.name for t in searcher._ot_study.trials] == ["WAITING", "COMPLETE"]  # to run first; learned
+
+
 def test_trials_outside_the_new_space_are_left_out_with_a_note():
     trials = old_trials() + [record("f", "completed", [0.95], budget=2, learning_rate=0.5)]
     warm = from_sweep(sweep_info("old"), trials, fixed_space(**NEW), Objective(), "results/old")
