@@ -85,6 +85,11 @@ class TimeBudget(Stopper):
     def remaining(self) -> float:
         return self.budget_s - self.spent()
 
+    def exhausted(self) -> bool:
+        """Whether the budget is spent, by this copy's clock or by budget.json (a resumed driver unpickles one
+        copy for Ray's loop and another for the recorder: the one that stopped the sweep wrote the file)."""
+        return self.remaining() <= 0 or spent_s(self.root) >= self.budget_s
+
     def save(self) -> None:
         """Write the seconds spent so far to budget.json."""
         self.start()

@@ -107,7 +107,7 @@ class SweepRecorder(Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """A spent time budget ends the experiment without trial-complete events: mark those trials."""
-        if self.budget is None or self.budget.remaining() > 0:
+        if self.budget is None or not self.budget.exhausted():
             return  # e.g. Ctrl-C: running trials stay "running", for `tsweep resume`
         for trial in trials:  # a resumed driver has not read every record yet: `_record` reads it from disk
             record = self._record(trial)

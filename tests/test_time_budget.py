@@ -27,15 +27,20 @@ def test_budget_counts_across_runs(tmp_path):
     clock.advance(244)
     budget.save()
     assert json.loads((tmp_path / BUDGET_FILE).read_text()) == {"budget_s": 600, "spent_s": 250}
-    # `tsweep resume` unpickles the budget with the Tuner: it starts again from the 250 s spent
-    resumed = pickle.loads(pickle.dumps(budget))
-    resumed.clock = clock  # (the pickled clock is a copy)
+    # `tsweep resume` unpickles the budget twice (Ray's loop and the recorder each get a copy): both start again
+    # from the 250 s spent; the recorder's copy starts a moment later, yet knows when Ray's copy says spent
+    state = pickle.dumps(budget)
+    loop, recorder = pickle.loads(state), pickle.loads(state)
+    loop.clock = recorder.clock = clock
     clock.advance(1000)  # the driver was down meanwhile: that does not count
-    assert resumed.remaining() == 350
-    clock.advance(349)
-    assert not resumed.stop_all()
+    assert loop.remaining() == 350
+    clock.advance(5)
+    assert recorder.remaining() == 350
+    clock.advance(344)
+    assert not loop.stop_all() and not recorder.exhausted()
     clock.advance(1)
-    assert resumed.stop_all() and spent_s(tmp_path) == 600
+    assert loop.stop_all() and spent_s(tmp_path) == 600
+    assert recorder.remaining() == 5 and recorder.exhausted()
     assert budget.__call__("any", {}) is False  # trials are stopped together, never one by one
 
 
