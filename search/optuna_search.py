@@ -100,6 +100,8 @@ class TsweepOptunaSearch(OptunaSearch):
     def _tell(self, trial_id: str, config: dict, value: float | None, failed: bool) -> int:
         state = TrialState.FAIL if failed else TrialState.COMPLETE if value is not None else TrialState.PRUNED
         ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None and not config:  # a restored trial removed before it ran: nothing to learn
+            return 0
         try:
             if ot_trial is not None:  # suggested by this searcher: still running in its study
                 self._ot_study.tell(ot_trial, value if state == TrialState.COMPLETE else None, state=state)
