@@ -84,31 +84,40 @@ def make_trainable(data_dir: Path, image_size: int, num_classes: int, seed: int)
 
 
 class Progress(tune.Callback):
-    """One line per ended trial: how many ended, epochs so far, best val_accuracy."""
+    """One line per ended trial: how many ended, epochs so far, best val_accuracy; with a `timeline` list, also
+    appends (time.time(), val_accuracy) of every epoch to it (anytime.py's best-so-far curves)."""
 
-    def __init__(self, total: int, printer: Callable[[str], None]) -> None:
+    def __init__(self, total: int, printer: Callable[[str], None], timeline: list | None = None) -> None:
         self.total, self.printer, self.started = total, printer, time.time()
         self.ended = self.epochs = 0
         self.best: float | None = None
+        self.timeline = timeline
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self.epochs += 1
         if "val_accuracy" in result:
             self.best = max(self.best or 0.0, result["val_accuracy"])
+            if self.timeline is not None:
+                self.timeline.append((time.time(), float(result["val_accuracy"])))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.ended += 1
         minutes, seconds = divmod(int(time.time() - self.started), 60)
         best = "-" if self.best is None else f"{self.best:.4f}"
-        self.printer(f"[naive {minutes:02d}:{seconds:02d}] {self.ended} of {self.total} trials ended, "
+        of = f" of {self.total}" if self.total > 0 else ""
+        self.printer(f"[naive {minutes:02d}:{seconds:02d}] {self.ended}{of} trials ended, "
                      f"{self.epochs} epochs, best val_accuracy {best}")
 
     on_trial_error = on_trial_complete
 
 
 def run(space: Any, data_dir: Path, image_size: int, trials: int, max_epochs: int, seed: int, storage: Path,
-        num_cpus: int, progress: Callable[[str], None]) -> dict:
-    """Start a local Ray, run the naive sweep, return trials, epochs and best val accuracy (Ray stays up)."""
+        num_cpus: int, progress: Callable[[str], None], time_budget_s: float | None = None,
+        timeline: list | None = None) -> dict:
+    """Start a local Ray, run the naive sweep, return trials, epochs and best val accuracy (Ray stays up).
+
+    `time_budget_s` is Ray Tune's own TuneConfig(time_budget_s) (with trials=-1: as many as fit);
+    `timeline` collects (time, val_accuracy) of every epoch."""
     import ray
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -124,17 +133,18 @@ def run(space: Any, data_dir: Path, image_size: int, trials: int, max_epochs: in
         tune.with_resources(make_trainable(data_dir, image_size, num_classes, seed), {"cpu": 1}),
         param_space=to_ray(space),
         tune_config=tune.TuneConfig(
-            metric="val_accuracy", mode="max", num_samples=trials,
+            metric="val_accuracy", mode="max", num_samples=trials, time_budget_s=time_budget_s,
             scheduler=ASHAScheduler(max_t=max_epochs, grace_period=1, reduction_factor=3),
             search_alg=BasicVariantGenerator(random_state=seed)),
         run_config=tune.RunConfig(name="naive", storage_path=str(storage), verbose=0,
-                                  callbacks=[Progress(trials, progress)]),
+                                  callbacks=[Progress(trials, progress, timeline)]),
     )
     grid = tuner.fit()
     finished = epochs = 0
     best: float | None = None
     for result in grid:
-        finished += result.error is None
+        # a time budget ends some trials before they start: they have no iteration
+        finished += result.error is None and int((result.metrics or {}).get("training_iteration", 0)) > 0
         epochs += int((result.metrics or {}).get("training_iteration", 0))
         df = result.metrics_dataframe
         if df is not None and "val_accuracy" in df and len(df):

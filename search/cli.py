@@ -183,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     board.set_defaults(func=cmd_leaderboard)
 
     report = sub.add_parser("report", help="one self-contained HTML report of a sweep and its exported winner")
-    report.add_argument("sweep", help="results/<name>")
+    report.add_argument("sweep", nargs="+", metavar="SWEEP", help="results/<name>; more sweeps add their trials "
+                        "and best-so-far curves to the first one's report")
     report.add_argument("--out", help="HTML file to write (default: results/<name>/report.html); its plots "
                         "are also saved as PNGs in <out stem>_files/ beside it")
     report.add_argument("--max-images", type=int, default=8, help="misclassified images shown (default: 8)")

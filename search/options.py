@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tsweep.search.objective import Objective
+from tsweep.search.searchers import SEARCHES
 
 # The `tsweep run` flags that fix one key of the space (`overrides`): key -> (flag, type, help).
 OVERRIDE_FLAGS: dict[str, tuple[str, type, str]] = {
@@ -35,8 +36,8 @@ def opt(default: Any = dataclasses.MISSING, help: str = "", *, cli: bool = True,
         **argparse_kw: passed to ``add_argument`` (choices, metavar).
     """
     meta = {"help": help, "cli": cli, "argparse": argparse_kw}
-    if isinstance(default, dict):
-        return field(default_factory=dict, metadata=meta)
+    if isinstance(default, (dict, list)):  # mutable defaults: a fresh copy per instance
+        return field(default_factory=type(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -45,13 +46,24 @@ FORMATS_HELP = ("export formats, comma-separated: keras (always written), saved_
                 "model; litert and onnx need pip install \"transfer-sweep[litert]\" or \"transfer-sweep[onnx]\"")
 
 
+DEFAULT_TRIALS = 16  # trials of a sweep given neither --num-samples nor --time-budget
+
+
 @dataclass(frozen=True)
 class SweepOptions:
     # --- what to search --------------------------------------------------------------------------------
     data: str = opt(help="image folder: DIR/<class>/ or DIR/{train,val|validation[,test]}/<class>/")
     space: str = opt("default", "a bundled space name (tsweep spaces) or a YAML file")
     overrides: dict = opt({}, "fixed keys over the space (--backbone, --weights, --max-epochs)", cli=False)
-    num_samples: int = opt(16, "trials")
+    num_samples: int = opt(0, "trials at most (default: 16, or no limit with --time-budget)", metavar="N")
+    search: str = opt("", "how configs are chosen: random, or tpe (Optuna's TPE, learning from the trials so far; "
+                      "ASHA still prunes) (default: the space file's `search:`, else random)", choices=SEARCHES)
+    time_budget: str = opt("", "wall-time budget of the trials, e.g. 90s, 20m, 1h: no trial starts after it, running "
+                           "trials stop at it (their epochs so far count), then the winner is exported",
+                           metavar="DURATION")
+    warm_start: list[str] = opt([], "earlier sweeps (results/<name> ...) over a compatible space: their finished "
+                                "trials inform the search and their best configs are tried first",
+                                nargs="+", metavar="SWEEP")
     # --- where results go ------------------------------------------------------------------------------
     name: str = opt("", "results/<name> (default: sweep-<date>-<time>)")
     results_dir: str = opt("results", "parent folder of sweeps: trial records, leaderboards and the export")
@@ -88,14 +100,22 @@ class SweepOptions:
     def objective(self) -> Objective:
         return Objective(self.metric, self.mode)
 
+    def trial_limit(self) -> int:
+        """Ray's num_samples: --num-samples, else 16, or -1 (no limit) when a time budget bounds the sweep."""
+        if self.num_samples:
+            return self.num_samples
+        return -1 if self.time_budget else DEFAULT_TRIALS
+
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
 def _base_type(f: dataclasses.Field, hints: dict[str, Any]) -> type:
-    """int, float, str or bool of a field, looking through ``X | None``."""
+    """int, float, str, bool or list of a field, looking through ``X | None``."""
     hint = hints[f.name]
+    if hint is list or typing.get_origin(hint) is list:
+        return list
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     return hint
@@ -120,6 +140,10 @@ def add_option_flags(parser: argparse.ArgumentParser, cls: type = SweepOptions) 
                 parser.add_argument(_flag("no_" + f.name), dest=f.name, action="store_false", help=helptext)
             else:
                 parser.add_argument(_flag(f.name), dest=f.name, action="store_true", help=helptext)
+            continue
+        if kind is list:  # nargs="+" (in its argparse metadata): a list of strings, [] when the flag is absent
+            parser.add_argument(_flag(f.name), dest=f.name, type=str, default=[], help=helptext,
+                                **meta.get("argparse", {}))
             continue
         required = f.default is dataclasses.MISSING
         if not required and f.default not in ("", None) and "(default:" not in helptext:

@@ -24,18 +24,20 @@ class SweepRecorder(Callback):
     """Args:
         root: the sweep folder (results/<name>).
         objective: metric and direction, for the "best so far" in progress lines.
-        total: trials the sweep will run, for progress lines.
+        total: trials the sweep will run at most, for progress lines (<= 0: no limit).
         printer: where progress lines go, default print.
         interval: seconds between progress lines triggered by epoch results, default 10.
+        budget: the sweep's `budget.TimeBudget` (progress lines show the time left), default None.
     """
 
     def __init__(self, root: Path, objective: Objective, total: int,
-                 printer: Callable[[str], None] = print, interval: float = 10.0) -> None:
+                 printer: Callable[[str], None] = print, interval: float = 10.0, budget: Any = None) -> None:
         self.root = root
         self.objective = objective
         self.total = total
         self.printer = printer
         self.interval = interval
+        self.budget = budget
         self.records: dict[str, dict] = {}
         self.started = time.time()
         self.last_print = 0.0
@@ -74,6 +76,7 @@ class SweepRecorder(Callback):
             record["error"] = result[ERROR_KEY]
         else:
             row = {k: result[k] for k in KEPT if k in result}
+            row["at"] = round(time.time(), 2)  # when the epoch was recorded: best-so-far against wall time
             # A restored trial reports again from its checkpoint epoch: replace, never duplicate.
             record["history"] = [h for h in record["history"] if h.get("epoch", 0) < row.get("epoch", 0)]
             record["history"].append(row)
@@ -96,6 +99,23 @@ class SweepRecorder(Callback):
         else:
             record["status"], record["error"] = "failed", error
         self._end(record)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        """With a time budget, a line at least every minute, so the time left shows during long epochs too."""
+        if self.budget is not None and time.time() - self.last_print >= max(60.0, self.interval):
+            self._progress(force=True)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """A spent time budget ends the experiment without trial-complete events: mark those trials."""
+        if self.budget is None or not self.budget.exhausted():
+            return  # e.g. Ctrl-C: running trials stay "running", for `tsweep resume`
+        for trial in trials:  # a resumed driver has not read every record yet: `_record` reads it from disk
+            record = self._record(trial)
+            if record is not None and record["status"] == "running":
+                done = len(record["history"]) >= record["budget"]
+                record["status"] = "completed" if done else "stopped"
+                record["note"] = "stopped by the time budget"
+                self._end(record)
 
     # -- helpers --------------------------------------------------------------------------------------
     def _record(self, trial: Any) -> dict | None:
@@ -121,22 +141,30 @@ class SweepRecorder(Callback):
         if not force and now - self.last_print < self.interval:
             return
         self.last_print = now
+        left = None if self.budget is None else self.budget.remaining()
         self.printer(progress_line(list(self.records.values()), self.objective, self.total,
-                                   now - self.started))
+                                   now - self.started, left))
 
 
-def progress_line(records: list[dict], objective: Objective, total: int, elapsed: float) -> str:
-    """"[tsweep 01:23] 2 running, 1 pruned, 3 completed, 0 failed of 8; best val_accuracy 0.91 (id, ep 5)"."""
+def progress_line(records: list[dict], objective: Objective, total: int, elapsed: float,
+                  left: float | None = None) -> str:
+    """"[tsweep 01:23] 2 running, 1 pruned, 3 completed, 0 failed of 8; best val_accuracy 0.91 (id, ep 5)";
+    with a time budget (`left` seconds), "; 08:37 left" at the end; `total` <= 0 (no limit) drops "of N"."""
     counts = status_counts(records)
-    parts = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("running", "pruned", "completed", "failed"))
+    shown = ("running", "pruned", "completed", "failed") + (("stopped",) if counts.get("stopped") else ())
+    parts = ", ".join(f"{counts.get(s, 0)} {s}" for s in shown) + (f" of {total}" if total > 0 else "")
     best_id, best_epoch, best = None, None, None
     for r in records:
         epoch, value = objective.best_epoch(r["history"])
         if value is not None and (best is None or objective.better(value, best)):
             best_id, best_epoch, best = r["trial_id"], epoch, value
     tail = f"; best {objective.metric} {best:.4g} ({best_id}, epoch {best_epoch})" if best is not None else ""
+    if left is not None:
+        from tsweep.search.budget import format_left
+
+        tail += "; " + format_left(left)
     minutes, seconds = divmod(int(elapsed), 60)
-    return f"[tsweep {minutes:02d}:{seconds:02d}] {parts} of {total}{tail}"
+    return f"[tsweep {minutes:02d}:{seconds:02d}] {parts}{tail}"
 
 
 def _error_text(trial: Any) -> str:

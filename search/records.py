@@ -18,7 +18,7 @@ from tsweep.files import atomic_write_json, is_uri, without_credentials
 SWEEP_FILE = "sweep.json"
 TRIALS_DIR = "trials"
 EXPORT_DIR = "export"
-STATUSES = ("running", "completed", "pruned", "failed", "pending")
+STATUSES = ("running", "completed", "pruned", "stopped", "failed", "pending")  # stopped: by the time budget
 
 
 def sweep_dir(path: str | Path) -> Path:

@@ -15,7 +15,8 @@ from tsweep.search.objective import Objective, is_number
 from tsweep.search.report_stats import best_values, category_order, is_categorical
 
 # Line style and end marker per trial status: pruned trials end dashed, with an x where ASHA stopped them.
-STATUS_STYLE = {"completed": ("-", "o"), "pruned": ("--", "x"), "running": (":", ">"), "failed": ("-.", "X")}
+STATUS_STYLE = {"completed": ("-", "o"), "pruned": ("--", "x"), "running": (":", ">"), "failed": ("-.", "X"),
+                "stopped": ("--", "|")}  # stopped: by the time budget
 OTHER_STYLE = (":", ".")
 LOG_PARAMS = ("learning_rate", "warmup_learning_rate", "weight_decay")  # log axes even without sweep.json
 DPI = 100
@@ -92,6 +93,35 @@ def curves_png(trials: Sequence[dict], metric: str, rungs: Sequence[int] = (), m
         legend.append(Line2D([], [], color="0.6", linestyle=(0, (1, 3)), label="ASHA rung"))
     axes[-1].legend(handles=legend + handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8,
                     frameon=False)
+    return png(fig)
+
+
+def anytime_png(series: Mapping[str, Sequence[tuple[float, float]]], metric: str,
+                budget_s: float | None = None) -> bytes:
+    """Best-so-far curves against wall time, one step line per label (a sweep, or a method and seed).
+
+    Args:
+        series: label -> (seconds since its start, best value so far) at each improvement.
+        metric: the y axis.
+        budget_s: a time budget drawn as a grey line, and where the curves end; default None (their last point).
+    """
+    fig = new_figure(7.5, 3.8)
+    ax = fig.add_subplot()
+    end = budget_s or max((p[-1][0] for p in series.values() if p), default=1.0)
+    for i, (label, points) in enumerate(series.items()):
+        if not points:
+            continue
+        xs = [x / 60 for x, _ in points] + [end / 60]
+        ys = [y for _, y in points] + [points[-1][1]]
+        ax.step(xs, ys, where="post", color=f"C{i % 10}", label=label)
+        ax.plot(xs[:-1], ys[:-1], "o", color=f"C{i % 10}", markersize=3)
+    if budget_s:
+        ax.axvline(budget_s / 60, color="0.6", linestyle=":", linewidth=1)
+    ax.set_xlabel("wall time (minutes)")
+    ax.set_ylabel(f"best {metric} so far")
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=8, loc="lower right")
     return png(fig)
 
 

@@ -34,6 +34,30 @@ def best_values(trials: Iterable[dict], objective: Objective) -> list[tuple[dict
     return out
 
 
+def epoch_points(trials: Iterable[dict], metric: str) -> list[tuple[float, float]]:
+    """(when, value) of every epoch that reported `metric`, in seconds since the epoch; records written before
+    epochs carried their time ("at") place each epoch by the trial's start plus its epochs' `epoch_time_s`."""
+    points = []
+    for t in trials:
+        clock = float(t.get("started") or 0.0)
+        for row in t.get("history") or []:
+            clock += float(row.get("epoch_time_s") or 0.0)
+            when = row.get("at", clock if t.get("started") else None)
+            if is_number(row.get(metric)) and is_number(when):
+                points.append((float(when), float(row[metric])))
+    return sorted(points)
+
+
+def best_so_far(points: Iterable[tuple[float, float]], objective: Objective,
+                start: float = 0.0) -> list[tuple[float, float]]:
+    """The running best of (time, value) points: one (seconds after `start`, new best) per improvement."""
+    out: list[tuple[float, float]] = []
+    for when, value in sorted(points):
+        if not out or objective.better(value, out[-1][1]):
+            out.append((when - start, value))
+    return out
+
+
 def is_categorical(values: Sequence[Any], kind: str | None = None) -> bool:
     """Plot and group a hyperparameter by category: a `choice` in the space, or any value not a number."""
     return kind == "choice" or not all(is_number(v) for v in values)

@@ -45,7 +45,10 @@ def check_name(name: str) -> str:
 
 
 def check_options(opts: SweepOptions) -> None:
-    for key, value, lo in (("num_samples", opts.num_samples, 1), ("grace_period", opts.grace_period, 1),
+    from tsweep.search.searchers import check_search_options
+
+    check_search_options(opts)
+    for key, value, lo in (("num_samples", opts.num_samples, 0), ("grace_period", opts.grace_period, 1),
                            ("reduction_factor", opts.reduction_factor, 2), ("max_failures", opts.max_failures, 0)):
         if value < lo:
             raise SweepConfigError(f"--{key.replace('_', '-')}: {out_of_range(key, lo, 'inf', value)}")
@@ -220,21 +223,26 @@ def run_sweep(opts: SweepOptions, progress: Callable[[str], None] = print) -> Pa
 
 def _run_claimed(opts: SweepOptions, space: Space, data_options: dict, claim: Claim,
                  progress: Callable[[str], None]) -> Path:
+    from tsweep.search.searchers import describe_search, resolve_search
+    from tsweep.search.warm_start import load_warm_start
+
     root = claim.root
     objective = opts.objective()
+    warm = load_warm_start(opts.warm_start, space, objective, progress)  # incompatible: an error, no trial ran
     max_epochs = max(int(e) for e in candidates(space, "epochs"))
     info = {"name": root.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "status": "running",
             "options": asdict(opts), "data": data_options, "space": space.source,
             "params": {k: asdict(d) for k, d in space.params.items()}, "sampled": list(space.sampled),
             "metric": objective.metric, "mode": objective.mode, "max_epochs": max_epochs,
-            "experiment": experiment_path(opts, root), "sweep_id": claim.marker["id"]}
+            "experiment": experiment_path(opts, root), "sweep_id": claim.marker["id"],
+            "search": resolve_search(opts.search, space)}
     write_sweep(root, info)
-    progress(f"sweep {root.name}: {opts.num_samples} trials of {space.source}, ASHA on {objective.metric} "
-             f"({objective.mode}), up to {max_epochs} epochs; results in {root}")
+    progress(f"sweep {root.name}: {describe_search(opts, info['search'])} of {space.source}, ASHA on "
+             f"{objective.metric} ({objective.mode}), up to {max_epochs} epochs; results in {root}")
     from tsweep.search.tuner import run_tuner
 
     with sweep_status(root, info, progress):
-        run_tuner(opts, space, data_options, root, objective, max_epochs, progress)
+        run_tuner(opts, space, data_options, root, objective, max_epochs, progress, warm)
     return root
 
 

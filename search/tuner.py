@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from tsweep.files import is_uri
 from tsweep.search.objective import Objective
-from tsweep.search.ray_space import to_ray
 from tsweep.search.recorder import SweepRecorder
 from tsweep.search.trial import make_trainable
 from tsweep.spaces.space import Space
@@ -102,7 +102,7 @@ def make_scheduler(max_epochs: int, grace_period: int, reduction_factor: int) ->
 
 
 def run_tuner(opts: Any, space: Space, data_options: dict, root: Path, objective: Objective,
-              max_epochs: int, progress: Callable[[str], None] = print) -> Any:
+              max_epochs: int, progress: Callable[[str], None] = print, warm: Any = None) -> Any:
     """Run the trials of a prepared sweep with Ray Tune; returns Ray's ResultGrid.
 
     Args:
@@ -113,33 +113,62 @@ def run_tuner(opts: Any, space: Space, data_options: dict, root: Path, objective
         objective: metric and direction.
         max_epochs: ASHA's max_t.
         progress: where progress lines go.
+        warm: a `warm_start.WarmStart` seeding the searcher, or None.
     """
     from ray import tune
-    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from tsweep.search.budget import TimeBudget
+    from tsweep.search.cache_budget import parse_duration
+    from tsweep.search.searchers import make_searcher, resolve_search
 
     init_ray(opts.address)
     check_fits(opts)
     trainable = trainable_for(opts, data_options)
-    recorder = SweepRecorder(root, objective, total=opts.num_samples, printer=progress)
+    budget = TimeBudget(parse_duration(opts.time_budget, "--time-budget"), root) if opts.time_budget else None
+    search_alg, param_space = make_searcher(resolve_search(opts.search, space), space, objective, opts.seed,
+                                            root, warm)
+    recorder = SweepRecorder(root, objective, total=opts.trial_limit(), printer=progress, budget=budget)
     tuner = tune.Tuner(
         trainable,
-        param_space=to_ray(space),
+        param_space=param_space,
         tune_config=tune.TuneConfig(
-            metric=objective.metric, mode=objective.mode, num_samples=opts.num_samples,
+            metric=objective.metric, mode=objective.mode, num_samples=opts.trial_limit(),
             scheduler=make_scheduler(max_epochs, opts.grace_period, opts.reduction_factor),
-            search_alg=BasicVariantGenerator(random_state=opts.seed),
+            search_alg=search_alg,
             trial_dirname_creator=lambda trial: trial.trial_id,
             reuse_actors=opts.reuse_workers,
         ),
         run_config=tune.RunConfig(
-            name=root.name, storage_path=storage_path(opts, root), callbacks=[recorder], verbose=0,
+            name=root.name, storage_path=storage_path(opts, root), callbacks=[recorder], verbose=0, stop=budget,
             # Disk stays bounded: the best checkpoint by the metric, plus Ray always keeps the latest.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=objective.metric,
                                                     checkpoint_score_order=objective.mode),
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
         ),
     )
-    return tuner.fit()
+    with queued_trials(opts):
+        return tuner.fit()
+
+
+@contextmanager
+def queued_trials(opts: Any) -> Iterator[None]:
+    """A sweep bounded by its time budget alone: Ray would queue 200 pending trials up front (for autoscaling),
+    which the budget then ends unstarted. Keep about two waves queued instead, and quiet Ray's warning about
+    trials that never started (they have no results; tsweep records only trials that start)."""
+    import logging
+
+    import ray
+
+    key = "TUNE_MAX_PENDING_TRIALS_PG"  # read when Ray's TuneController is built, inside fit()
+    if opts.trial_limit() >= 0 or key in os.environ:
+        yield
+        return
+    os.environ[key] = str(max(4, 2 * int(ray.cluster_resources().get("CPU", 1) / opts.cpus_per_trial)))
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
 
 
 def storage_path(opts: Any, root: Path) -> str:
@@ -152,7 +181,9 @@ def storage_path(opts: Any, root: Path) -> str:
 def resume_tuner(opts: Any, data_options: dict, experiment: str, root: Path, objective: Objective,
                  progress: Callable[[str], None] = print) -> Any:
     """Continue an interrupted sweep from Ray's experiment state: finished and pruned trials stay as they
-    are, unfinished and errored ones continue from their last checkpoint.
+    are, unfinished and errored ones continue from their last checkpoint. The search algorithm and the time
+    budget come back from the Tuner's state, re-pointed at `root`: a TPE searcher then also learns every finished
+    trial from the sweep's records (`optuna_search`), and a budget continues with what is left (`budget`).
 
     Args:
         experiment: the Ray experiment folder, derived from `root` (Ray re-derives its trials' paths from it).
@@ -179,19 +210,29 @@ def resume_tuner(opts: Any, data_options: dict, experiment: str, root: Path, obj
     repair_stale_checkpoints(experiment)
     tuner = tune.Tuner.restore(experiment, trainable_for(opts, data_options), resume_unfinished=True,
                                resume_errored=True)
-    use_recorder(tuner, SweepRecorder(root, objective, total=opts.num_samples, printer=progress))
-    return tuner.fit()
+    use_folder(tuner, root, objective, opts, progress)
+    with queued_trials(opts):
+        return tuner.fit()
 
 
-def use_recorder(tuner: Any, recorder: SweepRecorder) -> None:
-    """Replace the SweepRecorder unpickled from tuner.pkl (it names the folder the sweep first ran in) with
-    `recorder`. Ray offers no public setter: this edits the restored Tuner's RunConfig (Ray 2.x)."""
+def use_folder(tuner: Any, root: Path, objective: Objective, opts: Any, progress: Callable[[str], None]) -> None:
+    """Point what tuner.pkl unpickled at `root`, the folder being resumed (they name the folder the sweep first
+    ran in, which differs for a copied or moved sweep): a new SweepRecorder, the time budget's and the TPE
+    searcher's record folder. Ray offers no public setter: this edits the restored Tuner's configs (Ray 2.x)."""
     local = getattr(tuner, "_local_tuner", None)
     if local is None:  # Ray Client (ray://): the Tuner lives on the head node, out of reach
         import warnings
 
         warnings.warn("resuming through Ray Client: trial records go to the folder the sweep was recorded in, "
-                      f"not necessarily {recorder.root}", stacklevel=2)
+                      f"not necessarily {root}", stacklevel=2)
         return
     run_config = local.get_run_config()
+    budget = run_config.stop if hasattr(run_config.stop, "budget_s") else None
+    if budget is not None:
+        budget.root = str(root)
+    searcher = getattr(getattr(local, "_tune_config", None), "search_alg", None)
+    searcher = getattr(searcher, "searcher", searcher)  # a ConcurrencyLimiter or SearchGenerator wraps it
+    if hasattr(searcher, "_root") and searcher._root is not None:
+        searcher._root = str(root)
+    recorder = SweepRecorder(root, objective, total=opts.trial_limit(), printer=progress, budget=budget)
     run_config.callbacks = [c for c in (run_config.callbacks or []) if not isinstance(c, SweepRecorder)] + [recorder]

@@ -10,6 +10,7 @@ distribution::
     learning_rate: {loguniform: [1.0e-5, 1.0e-2]}
     freeze_cutoff: {randint: [12, 17]}          # integer in [low, high], both included
     epochs: {fixed: 12}                         # the same as `epochs: 12`
+    search: tpe                                 # optional: the search algorithm (`tsweep run --search`)
 
 Nothing here imports TensorFlow, Ray or the other subpackages: a space is validated (unknown keys, bad
 distributions, out-of-range values) before any trial starts. Command-line overrides over a space (`tsweep
@@ -65,11 +66,13 @@ class Space:
         params: key -> Dist for every key the file sets; other keys keep TrialConfig defaults.
         source: the file it came from (named in errors).
         description: one line shown by `tsweep spaces`.
+        search: the file's `search:` key ("" when absent); `search.searchers` checks the name.
     """
 
     params: Mapping[str, Dist]
     source: str = "<space>"
     description: str = ""
+    search: str = ""
 
     @property
     def sampled(self) -> dict[str, Dist]:
@@ -203,9 +206,12 @@ def load_space(name_or_path: str | Path = "default") -> Space:
         raise SweepConfigError(f"{path}: a space file must be a mapping of keys to values or distributions")
     description = str(raw.pop("description", ""))
     source = str(path)
+    search = raw.pop("search", "")
+    if not isinstance(search, str):
+        raise SweepConfigError(f"{source}: `search` must be the name of a search algorithm, got {search!r}")
     check_keys(raw, source)
     params = {key: parse_dist(key, value, source) for key, value in raw.items()}
-    return validated(Space(MappingProxyType(params), source, description))
+    return validated(Space(MappingProxyType(params), source, description, search.strip().lower()))
 
 
 def bundled_spaces() -> list[tuple[str, str]]:

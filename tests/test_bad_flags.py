@@ -53,7 +53,7 @@ def run(tmp_path, shapes_dir, cache_dir, monkeypatch, capsys):
 @pytest.mark.parametrize("flag, value", [
     ("--cache-memory", "1.2.3GB"), ("--cache-memory", "-1GB"), ("--cache-disk", "1.2.3GB"), ("--cache-disk", "lots"),
     ("--seed", "-1"), ("--cpus-per-trial", "nan"), ("--gpus-per-trial", "nan"), ("--cpus-per-trial", "0"),
-    ("--gpus-per-trial", "-1"), ("--val-fraction", "nan"), ("--num-samples", "0"), ("--grace-period", "0"),
+    ("--gpus-per-trial", "-1"), ("--val-fraction", "nan"), ("--num-samples", "-1"), ("--grace-period", "0"),
     ("--reduction-factor", "1"), ("--max-failures", "-1"), ("--metric", "auc"), ("--formats", "bogus"),
     ("--max-epochs", "0"), ("--backbone", "nope"), ("--weights", "/nonexistent/w.h5"),
 ])

@@ -25,7 +25,7 @@ from tsweep.search.objective import Objective
 from tsweep.search.report import write_report
 from tsweep.search.report_html import Section, figure_html, render_page
 
-SECTIONS = ["summary", "leaderboard", "curves", "hyperparameters", "importance", "winner", "evaluation",
+SECTIONS = ["summary", "leaderboard", "anytime", "curves", "hyperparameters", "importance", "winner", "evaluation",
             "misclassified"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 VOID = {"meta", "img", "br", "hr", "link", "input"}
@@ -185,9 +185,9 @@ def test_report_of_a_running_sweep_shows_what_exists(tmp_path):
     assert out == tmp_path / "out" / "live.html"
     page = Page(out.read_text())
     assert page.sections == SECTIONS
-    assert len(page.images) == 2  # curves and hyperparameters; nothing exported yet
+    assert len(page.images) == 3  # best so far, curves and hyperparameters; nothing exported yet
     saved = sorted((tmp_path / "out" / "live_files").iterdir())
-    assert [p.name for p in saved] == ["curves.png", "hyperparameters.png"]
+    assert [p.name for p in saved] == ["anytime.png", "curves.png", "hyperparameters.png"]
     assert {png_bytes(img["src"]) for img in page.images} == {p.read_bytes() for p in saved}
     assert sum("No export yet" in n for n in page.notes) == 3
     assert any("skipped unreadable trial record" in n and "cut.json" in n for n in page.notes)
@@ -224,11 +224,12 @@ def test_report_command_writes_one_self_contained_page(report):
     page = Page(text)
     assert page.sections == SECTIONS
     alts = [img["alt"] for img in page.images]
-    assert alts[:5] == ["validation curves", "hyperparameters against the best metric", "winner training curves",
+    assert alts[:6] == ["best so far against wall time", "validation curves", "hyperparameters against the best metric",
+                        "winner training curves",
                         "confusion matrices", "misclassified images"]
     embedded = [png_bytes(img["src"]) for img in page.images]
     saved = {p.name: p.read_bytes() for p in (out.parent / "report_files").iterdir()}
-    assert sorted(saved) == ["confusion.png", "curves.png", "hyperparameters.png", "misclassified.png",
+    assert sorted(saved) == ["anytime.png", "confusion.png", "curves.png", "hyperparameters.png", "misclassified.png",
                              "winner_training.png"]
     assert sorted(embedded) == sorted(saved.values())
     assert "http://" not in text and "https://" not in text and "<script" not in text  # nothing fetched

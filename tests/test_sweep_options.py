@@ -33,7 +33,7 @@ def test_names_that_escape_results_are_refused(name):
 
 
 @pytest.mark.parametrize("changes, needle", [
-    ({"num_samples": 0}, "--num-samples"), ({"reduction_factor": 1}, "--reduction-factor"),
+    ({"num_samples": -1}, "--num-samples"), ({"reduction_factor": 1}, "--reduction-factor"),
     ({"val_fraction": 1.5}, "--val-fraction"), ({"metric": "auc"}, "--metric"),
     ({"cache_memory": "big"}, "--cache-memory"), ({"cpus_per_trial": 0}, "--cpus-per-trial"),
 ])
