@@ -13,7 +13,7 @@ from tsweep.files import atomic_write_json
 from tsweep.search.leaderboard import status_counts
 from tsweep.search.objective import Objective
 from tsweep.search.records import final_status, trial_path
-from tsweep.search.trial import ERROR_KEY
+from tsweep.search.trial import ERROR_KEY, NOTE_KEY
 from tsweep.spaces.config import TrialConfig
 
 # Per-epoch keys kept in a trial record (Ray adds many bookkeeping fields we do not need).
@@ -50,7 +50,9 @@ class SweepRecorder(Callback):
                       "wall_s": 0.0, "error": None, "nodes": [], "resumed_from": [], "restarts": 0}
             self.records[trial.trial_id] = record
         else:  # restarted after a failure: keep the history, it continues from the checkpoint
-            record.update(status="running", ended=None)
+            if record.get("error"):  # a new run: its own outcome decides the status (an earlier OOM is history)
+                record.setdefault("earlier_errors", []).append(record["error"])
+            record.update(status="running", ended=None, error=None)
         self._save(record)
         self._progress(force=True)
 
@@ -58,6 +60,7 @@ class SweepRecorder(Callback):
         record = self._record(trial)
         if record is not None:
             record["restarts"] += 1
+            record.setdefault("retried_after", []).append(_error_text(trial))  # what Ray retried (search.failures)
             record["status"] = "running"
             self._save(record)
 
@@ -70,6 +73,9 @@ class SweepRecorder(Callback):
                                    "cuda_visible_devices": result.get("cuda_visible_devices", "")}
         if "resumed_from" in result:
             record["resumed_from"].append(result["resumed_from"])
+        if NOTE_KEY in result:  # e.g. an unreadable checkpoint skipped on restore
+            record.setdefault("notes", []).append(result[NOTE_KEY])
+            self.printer(f"trial {trial.trial_id}: {result[NOTE_KEY]}")
         if ERROR_KEY in result:
             record["error"] = result[ERROR_KEY]
         else:

@@ -18,10 +18,10 @@ from tsweep.errors import SweepConfigError
 from tsweep.files import atomic_open, is_uri
 from tsweep.search import report_plots as plots
 from tsweep.search import report_stats as stats
+from tsweep.search.export_swap import current_export
 from tsweep.search.leaderboard import board, render_html, status_counts
 from tsweep.search.objective import Objective
 from tsweep.search.reader import SweepSnapshot, read_snapshot
-from tsweep.search.records import EXPORT_DIR
 from tsweep.search.report_html import Figures, Section, facts_table, importance_table, note, render_page
 from tsweep.search.report_winner import winner_sections
 
@@ -93,7 +93,7 @@ def build_sections(root: Path, max_images: int = 8, progress: Callable[[str], No
     objective = snap.objective() or Objective()
     figures = Figures()
     sections = [summary_section(snap, objective), *sweep_sections(snap, objective, figures)]
-    sections += winner_sections(root / EXPORT_DIR, snap, figures, max_images, progress)
+    sections += winner_sections(current_export(root), snap, figures, max_images, progress)
     return snap, sections, figures
 
 
