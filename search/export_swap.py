@@ -90,7 +90,7 @@ def recover(root: Path, progress: Callable[[str], None] = print) -> None:
 @contextmanager
 def staging(root: Path) -> Iterator[Path]:
     """A new folder of this exporter's own to write an export into, locked for as long as the block runs; it is
-    deleted when the block raises (publish it before the block ends to keep it)."""
+    deleted when the block ends unless `publish` moved it into place."""
     root.mkdir(parents=True, exist_ok=True)
     folder = root / f"{STAGING_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
     folder.mkdir()
@@ -98,9 +98,8 @@ def staging(root: Path) -> Iterator[Path]:
         fcntl.flock(owner, fcntl.LOCK_EX)
         try:
             yield folder
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)  # gone already when published (renamed to export/)
 
 
 def publish(root: Path, staged: Path, progress: Callable[[str], None] = print, what: str = "") -> Path:
