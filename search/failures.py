@@ -4,8 +4,9 @@ Three kinds (`classify`):
 
 * infrastructure: the node, not the config: a file or folder this node cannot read (data, weights, an ImageNet
   download: `tsweep.errors.NodeFileError`, any `OSError`), a lost connection, and anything unexpected. The
-  trainable raises `NodeFault` and Ray's `FailureConfig(max_failures)` restarts the trial from its last
-  checkpoint on whichever node has room (a node lost or a worker killed is Ray's own failure, retried the same way).
+  trainable raises `NodeFault` naming its node, Ray's `FailureConfig(max_failures)` restarts the trial from its
+  last checkpoint, and the driver (`avoid_nodes`, from the recorder) keeps that attempt off the nodes it failed on
+  while another alive node could run it (a node lost or a worker killed is Ray's own failure, retried alike).
 * deterministic: the config itself: out of memory at this config (`MemoryError`, TensorFlow's
   `ResourceExhaustedError`, "OOM when allocating"), a `TrialError` (NaN loss), a bad config (`SweepConfigError`).
   The trainable reports the reason as its last result (`trial.ERROR_KEY`) and returns, so the trial ends "failed"
@@ -22,6 +23,7 @@ Pure: no Ray or TensorFlow import (TensorFlow errors are recognised by their cla
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, Callable, Iterable, TypeVar
@@ -32,6 +34,7 @@ from tsweep.trainers.checkpoint import CorruptCheckpoint, verify_checkpoint
 INFRASTRUCTURE, DETERMINISTIC, CHECKPOINT = "infrastructure", "deterministic", "checkpoint"
 OOM_TYPES = ("ResourceExhaustedError", "OutOfMemoryError")  # tf.errors.ResourceExhaustedError, CUDA OOMs
 OOM_TEXT = ("oom when allocating", "out of memory", "cuda_error_out_of_memory")
+NODE_RE = re.compile(r"on node ([0-9a-f]{56})\b")  # how NodeFault names its node (Ray's 56-hex-digit id)
 T = TypeVar("T")
 
 
@@ -82,6 +85,35 @@ def classify(error: BaseException) -> Failure:
     if isinstance(error, (OSError, ConnectionError, TimeoutError)):
         return Failure(INFRASTRUCTURE, f"node or storage failure (retried): {brief(error)}")
     return Failure(INFRASTRUCTURE, f"unexpected error (retried up to --max-failures): {brief(error)}")
+
+
+def faulty_node(error_text: str) -> str | None:
+    """The full id of the node a `NodeFault` names in a trial's error text, else None."""
+    found = NODE_RE.search(error_text or "")
+    return found.group(1) if found else None
+
+
+def avoid_nodes(trial: Any, nodes: list[str], alive: list[dict] | None = None) -> bool:
+    """Keep the next attempts of a Ray Tune trial (waiting to be retried) off `nodes`: a label selector
+    `ray.io/node-id: !in(...)` on every bundle of its placement group. Only when another alive node (`ray.nodes()`
+    rows; default asked of Ray) has the resources of the whole group, so a trial is never left unplaceable.
+    Returns whether it did."""
+    from ray.tune.execution.placement_groups import PlacementGroupFactory
+
+    if alive is None:
+        import ray
+
+        alive = [n for n in ray.nodes() if n.get("Alive")]
+    factory = trial.placement_group_factory
+    need = factory.required_resources
+    if not any(n["NodeID"] not in nodes and all(n.get("Resources", {}).get(k, 0.0) >= v for k, v in need.items())
+               for n in alive):
+        return False
+    selector = {"ray.io/node-id": f"!in({', '.join(sorted(set(nodes)))})"}
+    head = [{}] if factory.head_bundle_is_empty else []  # (an empty head bundle is dropped again, as before)
+    trial.update_resources(PlacementGroupFactory(head + factory.bundles, factory.strategy,
+                                                 bundle_label_selector=[selector] * len(factory.bundles)))
+    return True
 
 
 def kept_checkpoints(checkpoint: Any) -> list[Any]:

@@ -10,6 +10,7 @@ from typing import Any, Callable
 from ray.tune import Callback
 
 from tsweep.files import atomic_write_json
+from tsweep.search.failures import avoid_nodes, faulty_node
 from tsweep.search.leaderboard import status_counts
 from tsweep.search.objective import Objective
 from tsweep.search.records import final_status, trial_path
@@ -61,6 +62,11 @@ class SweepRecorder(Callback):
         if record is not None:
             record["restarts"] += 1
             record.setdefault("retried_after", []).append(_error_text(trial))  # what Ray retried (search.failures)
+            node = faulty_node(_error_text(trial, whole=True))
+            if node is not None:  # a file missing there: the next attempt goes elsewhere when it can
+                avoided = record.setdefault("avoided_nodes", [])
+                if avoid_nodes(trial, avoided + [node]):
+                    avoided.append(node)
             record["status"] = "running"
             self._save(record)
 
@@ -145,10 +151,13 @@ def progress_line(records: list[dict], objective: Objective, total: int, elapsed
     return f"[tsweep {minutes:02d}:{seconds:02d}] {parts} of {total}{tail}"
 
 
-def _error_text(trial: Any) -> str:
-    """The last line of a failed trial's traceback (the exception), or a pointer to its error file."""
+def _error_text(trial: Any, whole: bool = False) -> str:
+    """The last line of a failed trial's traceback (the exception; `whole`: all of it), or a pointer to its
+    error file."""
     try:
         text = Path(trial.error_file).read_text().strip().splitlines()
+        if whole:
+            return "\n".join(text)
         return text[-1] if text else "failed (no error text)"
     except (OSError, TypeError):
         return f"failed (see {getattr(trial, 'path', 'the trial folder')})"

@@ -75,7 +75,7 @@ def make_trainable(data_options: dict[str, Any], mixed_precision: bool = False,
         except Exception as e:  # one place decides (search.failures): retried by Ray, or failed at once
             failure = classify(e)
             if failure.retried:
-                raise NodeFault(f"node {placement['node_id']}: {failure.reason}") from e
+                raise NodeFault(f"on node {context.get_node_id()}: {failure.reason}") from e
             tune.report({ERROR_KEY: failure.reason, **({NOTE_KEY: "; ".join(notes)} if notes else {})})
 
     return tsweep_trial

@@ -246,3 +246,83 @@ def test_a_full_feature_cache_disk_falls_back_to_memory(tmp_path, monkeypatch):
     assert [str(w.message) for w in caught if "feature cache" in str(w.message)][0].count("No space left") == 1
     assert len([w for w in caught if "feature cache" in str(w.message)]) == 1  # warned once, not per entry
     assert not list((tmp_path / "features").glob("*.npy")) and not list((tmp_path / "features").glob(".*.tmp"))
+
+
+def test_a_retried_trial_is_kept_off_the_node_it_failed_on_while_another_can_run_it():
+    from ray.tune.execution.placement_groups import PlacementGroupFactory
+
+    from tsweep.search.failures import avoid_nodes, faulty_node
+
+    node_a, node_b = "a" * 56, "b" * 56
+    assert faulty_node(f"Traceback ...\nNodeFault: on node {node_a}: missing on this node (retried on another)") \
+        == node_a and faulty_node("ValueError: Could not recover") is None
+    updated: list = []
+    trial = SimpleNamespace(placement_group_factory=PlacementGroupFactory([{"CPU": 1.0}]),
+                            update_resources=updated.append)
+    one_cpu = {"Resources": {"CPU": 1.0}, "Alive": True}
+    assert not avoid_nodes(trial, [node_a], alive=[{"NodeID": node_a, **one_cpu}])  # nowhere else: unplaceable
+    assert not avoid_nodes(trial, [node_a], alive=[{"NodeID": node_a, **one_cpu},
+                                                   {"NodeID": node_b, "Resources": {"CPU": 0.5}}])  # too small
+    assert avoid_nodes(trial, [node_a], alive=[{"NodeID": node_a, **one_cpu}, {"NodeID": node_b, **one_cpu}])
+    assert updated == [PlacementGroupFactory([{"CPU": 1.0}], "PACK",
+                                             bundle_label_selector=[{"ray.io/node-id": f"!in({node_a})"}])]
+
+
+SPACE = """
+description: failure tests - tiny, ImageNet weights (which one node has a corrupt copy of)
+backbone: mobilenet_v2
+alpha: 0.35
+weights: imagenet
+image_size: 32
+batch_size: 8
+epochs: 1
+warmup_epochs: 1
+head_size: 0
+dropout: 0.0
+freeze_cutoff: 17
+optimizer: adam
+learning_rate: {loguniform: [1.0e-4, 1.0e-2]}
+"""
+KERAS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"  # Keras's name (32 px uses 224's)
+
+
+@pytest.mark.slow
+def test_weights_broken_on_one_node_of_a_cluster_are_retried_on_another(shapes_dir, cache_dir, tmp_path, monkeypatch):
+    """Two worker nodes of one CPU, each with its own Keras folder: the first holds a corrupt copy of the ImageNet
+    file, the second the real one. Before: the trial that started on the first failed at once, never retried."""
+    import shutil
+
+    import keras.src.backend.config as keras_config
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from tests.conftest import shared_path
+    from tsweep.search.sweep import SweepOptions, run_sweep
+
+    homes = {}
+    for name in ("broken", "good"):
+        (tmp_path / name / "models").mkdir(parents=True)
+        homes[name] = tmp_path / name
+    shutil.copy(shared_path("weights", "mobilenet_v2_0.35_224_no_top.h5"), homes["good"] / "models" / KERAS_FILE)
+    (homes["broken"] / "models" / KERAS_FILE).write_bytes(b"not an HDF5 file")
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(homes["good"]))  # the driver's own check passes
+    (tmp_path / "space.yaml").write_text(SPACE)
+    ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        broken = cluster.add_node(num_cpus=1, env_vars={"KERAS_HOME": str(homes["broken"])})
+        good = cluster.add_node(num_cpus=1, env_vars={"KERAS_HOME": str(homes["good"])})
+        cluster.wait_for_nodes()
+        opts = SweepOptions(data=str(shapes_dir), space=str(tmp_path / "space.yaml"), num_samples=2, name="nodes",
+                            results_dir=str(tmp_path / "results"), address=cluster.address, export=False,
+                            cache_dir=str(cache_dir), max_failures=2)
+        root = run_sweep(opts, progress=lambda line: None)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    records = [json.loads(p.read_text()) for p in sorted((root / "trials").glob("*.json"))]
+    assert [r["status"] for r in records] == ["completed", "completed"]
+    moved = [r for r in records if r["restarts"]]
+    assert len(moved) == 1, "expected exactly one trial to start on the node with the corrupt weights"
+    assert "missing on this node" in moved[0]["retried_after"][0] and moved[0]["avoided_nodes"] == [broken.node_id]
+    assert {n for r in records for n in r["nodes"]} == {good.node_id[:12]}  # every epoch ran on the good node
