@@ -37,6 +37,7 @@ LOCK_FILE = f".{EXPORT_DIR}.lock"
 STAGING_PREFIX = f".{EXPORT_DIR}.tmp-"
 TRASH_PREFIX = f".{EXPORT_DIR}.trash-"
 LEGACY_OLD = f".{EXPORT_DIR}.old"  # where exports before this module parked the old export mid-swap
+LEGACY_TMP = f".{EXPORT_DIR}.tmp"  # and the one temporary folder they all shared
 OWNER_FILE = ".owner"
 
 
@@ -70,7 +71,8 @@ def swap_lock(root: Path) -> Iterator[None]:
 
 def recover(root: Path, progress: Callable[[str], None] = print) -> None:
     """Repair what a killed swap left; call with `swap_lock` held. No `export/` but a complete `export.previous/`
-    (or the `.export.old` of an older tsweep): rename it back. Then delete trash and dead exporters' folders."""
+    (or the `.export.old` of an older tsweep): rename it back. Then delete trash and dead exporters' folders
+    (and an older tsweep's `.export.tmp`)."""
     final = root / EXPORT_DIR
     if not final.exists():
         for name in (PREVIOUS_DIR, LEGACY_OLD):
@@ -80,7 +82,7 @@ def recover(root: Path, progress: Callable[[str], None] = print) -> None:
                 _fsync_dir(root)
                 progress(f"restored {final} from {parked} (an earlier export was interrupted between its renames)")
                 break
-    for leftover in root.glob(f"{TRASH_PREFIX}*"):
+    for leftover in [*root.glob(f"{TRASH_PREFIX}*"), root / LEGACY_TMP]:
         shutil.rmtree(leftover, ignore_errors=True)
     for staged in root.glob(f"{STAGING_PREFIX}*"):
         if not _owner_alive(staged):

@@ -171,13 +171,15 @@ def test_a_real_kill_at_each_rename_leaves_the_old_or_the_new_export(tmp_path, s
 
 
 def test_an_export_of_an_older_tsweep_killed_mid_swap_is_restored(tmp_path):
-    """Before this, a kill between the renames left `.export.old` (complete) and no `export/`."""
+    """Before this, a kill between the renames left `.export.old` (complete), `.export.tmp` and no `export/`."""
     root = tmp_path / "sweep"
-    (root / ".export.old").mkdir(parents=True)
-    for name, text in (("labels.json", '["legacy"]'), ("config.json", "{}")):
-        (root / ".export.old" / name).write_text(text)
+    for folder in (".export.old", ".export.tmp"):
+        (root / folder).mkdir(parents=True)
+        for name, text in (("labels.json", '["legacy"]'), ("config.json", "{}")):
+            (root / folder / name).write_text(text)
     fake_export(root, "new")
     assert json.loads((root / PREVIOUS_DIR / "labels.json").read_text()) == ["legacy"]
+    assert leftovers(root) == []
 
 
 def test_a_staging_folder_of_a_live_exporter_is_never_removed(tmp_path):
