@@ -105,7 +105,7 @@ def export_trial(root: str | Path, trial_id: str | None = None, retrain: bool = 
         raise SweepConfigError(f"trial {trial['trial_id']} has not reported {objective.metric}: nothing to export "
                                "from it; pick another with --trial")
     config = TrialConfig.from_dict(trial["config"], f"trial {trial['trial_id']}")
-    checkpoint = None if retrain else best_checkpoint(info, trial, objective)
+    checkpoint = None if retrain else best_checkpoint(info, trial, objective, progress)
     configure_tensorflow()
     data = load_dataset(image_size=config.image_size, progress=progress, **info["data"])
     started = time.time()
@@ -160,14 +160,15 @@ def retrain_winner(config: Any, epochs: int, data: Any, info: dict, progress: Ca
     return train(cfg, data, on_epoch=on_epoch, full_data=True, feature_cache=cache)
 
 
-def best_checkpoint(info: dict, trial: dict, objective: Objective) -> Path:
-    """The trial's kept checkpoint with the best metric (Ray keeps the best and the latest per trial).
+def best_checkpoint(info: dict, trial: dict, objective: Objective, progress: Callable[[str], None] = print) -> Path:
+    """The trial's kept checkpoint with the best metric (Ray keeps the best and the latest per trial) among those
+    that read back whole (an unreadable one is skipped, and `progress` told).
 
     Raises:
-        SweepConfigError: the sweep's storage is not a local folder, or the trial has no checkpoint there.
+        SweepConfigError: the sweep's storage is not a local folder, or the trial has no readable checkpoint there.
     """
     from tsweep.files import is_uri
-    from tsweep.trainers.checkpoint import STATE_FILE
+    from tsweep.trainers.checkpoint import STATE_FILE, CorruptCheckpoint, verify_checkpoint
 
     experiment = info.get("experiment", "")
     if is_uri(experiment):
@@ -176,11 +177,16 @@ def best_checkpoint(info: dict, trial: dict, objective: Objective) -> Path:
     folder = Path(experiment) / trial["trial_id"]
     kept = []
     for state in sorted(folder.glob(f"checkpoint_*/{STATE_FILE}")):
+        try:
+            verify_checkpoint(state.parent)
+        except CorruptCheckpoint as e:
+            progress(f"skipping checkpoint {state.parent.name}: {e}")
+            continue
         history = json.loads(state.read_text()).get("history") or [{}]
         kept.append((objective.sort_key(history[-1].get(objective.metric)), state.parent))
     if not kept:
-        raise SweepConfigError(f"trial {trial['trial_id']} has no checkpoint in {folder}: export it without "
-                               "--from-trial (retraining it)")
+        raise SweepConfigError(f"trial {trial['trial_id']} has no checkpoint in {folder} that reads back: export it "
+                               "without --from-trial (retraining it)")
     return min(kept)[1]
 
 

@@ -215,3 +215,19 @@ def test_export_errors_are_clean_and_lose_nothing(tmp_path, trained, quick, monk
     assert main(["export", str(root)]) == 2
     assert {p.name: p.read_bytes() for p in (root / "trials").iterdir()} == before
     assert exported_trial(root / "export") == "before"
+
+
+def test_from_trial_skips_an_unreadable_checkpoint_and_says_so(tmp_path, trained):
+    from tsweep.search.export import best_checkpoint
+    from tsweep.search.objective import Objective
+    from tsweep.trainers.checkpoint import save_checkpoint
+
+    result, _ = trained
+    trial_dir = tmp_path / "ray" / "t1"
+    rows = [{"epoch": 1, "val_accuracy": 0.6}, {"epoch": 2, "val_accuracy": 0.9}]
+    for epoch in (1, 2):
+        save_checkpoint(trial_dir / f"checkpoint_{epoch - 1:06d}", result.model, rows[:epoch])
+    (trial_dir / "checkpoint_000001" / "weights.npz").write_bytes(b"PK\x03\x04 cut")  # the best one, truncated
+    lines: list[str] = []
+    chosen = best_checkpoint({"experiment": str(tmp_path / "ray")}, {"trial_id": "t1"}, Objective(), lines.append)
+    assert chosen.name == "checkpoint_000000" and "skipping checkpoint checkpoint_000001" in lines[0]
