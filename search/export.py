@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -25,7 +24,7 @@ from tsweep.errors import SweepConfigError
 from tsweep.files import atomic_write_json
 from tsweep.search.formats import DEFAULT_FORMATS, check_formats
 from tsweep.search.objective import Objective
-from tsweep.search.records import EXPORT_DIR, read_sweep, read_trials
+from tsweep.search.records import read_sweep, read_trials
 
 MAX_PARITY_IMAGES = 1000  # formats are compared on at most this many held-out images (a seeded sample)
 
@@ -38,7 +37,7 @@ def pick_trial(trials: list[dict], objective: Objective, trial_id: str | None = 
                 return t
         known = ", ".join(sorted(t.get("trial_id", "?") for t in trials))
         raise SweepConfigError(f"no trial {trial_id!r} in this sweep: choose one of {known}")
-    scored = [(objective.sort_key(objective.best_epoch(t.get("history", []))[1]), t.get("trial_id", ""), t)
+    scored = [(objective.sort_key(objective.best_epoch(history_of(t))[1]), t.get("trial_id", ""), t)
               for t in trials if t.get("status") != "failed"]
     scored = [s for s in scored if s[0] != float("inf")]
     if not scored:
@@ -46,8 +45,31 @@ def pick_trial(trials: list[dict], objective: Objective, trial_id: str | None = 
     return min(scored, key=lambda s: s[:2])[2]
 
 
+def history_of(trial: dict) -> list[dict]:
+    """A trial record's per-epoch rows (none when the record lacks them or holds something else there)."""
+    history = trial.get("history")
+    return [row for row in history if isinstance(row, dict)] if isinstance(history, list) else []
+
+
 def export_winner(root: str | Path, trial_id: str | None = None, retrain: bool = True,
                   progress: Callable[[str], None] = print, formats: str | Sequence[str] | None = None) -> Path:
+    """`export_trial`, with any unexpected failure (a full disk, a TensorFlow error) turned into one clear
+    SweepConfigError (`tsweep export` exits 2 with it, no traceback): the sweep's records are only read, and the
+    previous export stays as it was. The original exception is its __cause__."""
+    try:
+        return export_trial(root, trial_id, retrain, progress, formats)
+    except SweepConfigError:
+        raise
+    except Exception as e:
+        from tsweep.search.failures import brief
+
+        raise SweepConfigError(f"exporting {root} failed: {brief(e)}. Nothing was replaced: the trial records and "
+                               f"any previous export are unchanged; fix the cause and run `tsweep export {root}` "
+                               "again") from e
+
+
+def export_trial(root: str | Path, trial_id: str | None = None, retrain: bool = True,
+                 progress: Callable[[str], None] = print, formats: str | Sequence[str] | None = None) -> Path:
     """Export the chosen trial: retrained on train + validation for its best epoch count, or its checkpoint.
 
     Args:
@@ -78,12 +100,12 @@ def export_winner(root: str | Path, trial_id: str | None = None, retrain: bool =
                             else info.get("options", {}).get("formats") or DEFAULT_FORMATS)
     objective = Objective(info["metric"], info["mode"])
     trial = pick_trial(read_trials(root), objective, trial_id)
-    epoch, value = objective.best_epoch(trial.get("history", []))
+    epoch, value = objective.best_epoch(history_of(trial))
     if epoch is None:
         raise SweepConfigError(f"trial {trial['trial_id']} has not reported {objective.metric}: nothing to export "
                                "from it; pick another with --trial")
     config = TrialConfig.from_dict(trial["config"], f"trial {trial['trial_id']}")
-    checkpoint = None if retrain else best_checkpoint(info, trial, objective)
+    checkpoint = None if retrain else best_checkpoint(info, trial, objective, progress)
     configure_tensorflow()
     data = load_dataset(image_size=config.image_size, progress=progress, **info["data"])
     started = time.time()
@@ -138,14 +160,15 @@ def retrain_winner(config: Any, epochs: int, data: Any, info: dict, progress: Ca
     return train(cfg, data, on_epoch=on_epoch, full_data=True, feature_cache=cache)
 
 
-def best_checkpoint(info: dict, trial: dict, objective: Objective) -> Path:
-    """The trial's kept checkpoint with the best metric (Ray keeps the best and the latest per trial).
+def best_checkpoint(info: dict, trial: dict, objective: Objective, progress: Callable[[str], None] = print) -> Path:
+    """The trial's kept checkpoint with the best metric (Ray keeps the best and the latest per trial) among those
+    that read back whole (an unreadable one is skipped, and `progress` told).
 
     Raises:
-        SweepConfigError: the sweep's storage is not a local folder, or the trial has no checkpoint there.
+        SweepConfigError: the sweep's storage is not a local folder, or the trial has no readable checkpoint there.
     """
     from tsweep.files import is_uri
-    from tsweep.trainers.checkpoint import STATE_FILE
+    from tsweep.trainers.checkpoint import STATE_FILE, CorruptCheckpoint, verify_checkpoint
 
     experiment = info.get("experiment", "")
     if is_uri(experiment):
@@ -154,11 +177,16 @@ def best_checkpoint(info: dict, trial: dict, objective: Objective) -> Path:
     folder = Path(experiment) / trial["trial_id"]
     kept = []
     for state in sorted(folder.glob(f"checkpoint_*/{STATE_FILE}")):
+        try:
+            verify_checkpoint(state.parent)
+        except CorruptCheckpoint as e:
+            progress(f"skipping checkpoint {state.parent.name}: {e}")
+            continue
         history = json.loads(state.read_text()).get("history") or [{}]
         kept.append((objective.sort_key(history[-1].get(objective.metric)), state.parent))
     if not kept:
-        raise SweepConfigError(f"trial {trial['trial_id']} has no checkpoint in {folder}: export it without "
-                               "--from-trial (retraining it)")
+        raise SweepConfigError(f"trial {trial['trial_id']} has no checkpoint in {folder} that reads back: export it "
+                               "without --from-trial (retraining it)")
     return min(kept)[1]
 
 
@@ -180,7 +208,9 @@ def parity_images(data: Any, limit: int = MAX_PARITY_IMAGES) -> tuple[str, Any, 
 def write_export(root: Path, result: Any, data: Any, metrics: dict, info: dict,
                  formats: str | Sequence[str] = DEFAULT_FORMATS, progress: Callable[[str], None] = print) -> Path:
     """Write every export file into a temporary folder, check each format with its own runtime against the
-    trained model (figures in metrics["parity"]), then swap the folder in place of `root/export`.
+    trained model (figures in metrics["parity"]), then swap the folder in place of `root/export`, keeping the
+    export it replaces as `root/export.previous` (`search.export_swap`: a kill at any moment leaves one of the two
+    complete; concurrent exports never touch each other's folders).
 
     Every format holds `formats.portable_model(result.model)`: Keras's own layers only, so the export loads
     and runs without tsweep.
@@ -192,16 +222,13 @@ def write_export(root: Path, result: Any, data: Any, metrics: dict, info: dict,
         SweepConfigError: an unknown format or a missing extra (before anything is written), or a float
             format that disagrees with the Keras model (nothing is exported; the previous export stays).
     """
+    from tsweep.search.export_swap import publish, staging
     from tsweep.search.formats import FLOAT_TOLERANCE, portable_model, write_formats
     from tsweep.search.model_card import model_card
     from tsweep.search.runtimes import check_parity, parity
 
     names = check_formats(formats)
-    final = root / EXPORT_DIR
-    tmp = root / f".{EXPORT_DIR}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with staging(root) as tmp:  # this exporter's own folder: concurrent exports never share or delete it
         split, x, y = parity_images(data)
         model = portable_model(result.model, check_images=x[:8])
         write_formats(names, model, tmp, calibration=data.x_train, progress=progress)
@@ -214,13 +241,4 @@ def write_export(root: Path, result: Any, data: Any, metrics: dict, info: dict,
         atomic_write_json(tmp / "config.json", result.config.to_dict())
         atomic_write_json(tmp / "metrics.json", metrics)
         (tmp / "MODEL_CARD.md").write_text(model_card(result, data, metrics, info))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = root / f".{EXPORT_DIR}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
+        return publish(root, tmp, progress, what=f"trial {metrics.get('trial_id', '?')}")

@@ -60,9 +60,13 @@ def open_export(path: str | Path) -> tuple[Any, list[str], int]:
     Raises:
         SweepConfigError: not an export or a model of one, or (LiteRT, ONNX) its runtime is not installed.
     """
+    from tsweep.search.export_swap import current_export
+    from tsweep.search.records import EXPORT_DIR
     from tsweep.search.runtimes import find_model, format_of, open_runner
 
     path = Path(path)
+    if path.name == EXPORT_DIR and not path.exists():  # a swap killed between its renames left export.previous/
+        path = current_export(path.parent)
     if path.is_dir() and not (path / "saved_model.pb").is_file():
         folder = path
         if not (folder / "labels.json").is_file():

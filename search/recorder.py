@@ -10,10 +10,11 @@ from typing import Any, Callable
 from ray.tune import Callback
 
 from tsweep.files import atomic_write_json
+from tsweep.search.failures import avoid_nodes, faulty_node
 from tsweep.search.leaderboard import status_counts
 from tsweep.search.objective import Objective
 from tsweep.search.records import final_status, trial_path
-from tsweep.search.trial import ERROR_KEY
+from tsweep.search.trial import ERROR_KEY, NOTE_KEY
 from tsweep.spaces.config import TrialConfig
 
 # Per-epoch keys kept in a trial record (Ray adds many bookkeeping fields we do not need).
@@ -52,7 +53,9 @@ class SweepRecorder(Callback):
                       "wall_s": 0.0, "error": None, "nodes": [], "resumed_from": [], "restarts": 0}
             self.records[trial.trial_id] = record
         else:  # restarted after a failure: keep the history, it continues from the checkpoint
-            record.update(status="running", ended=None)
+            if record.get("error"):  # a new run: its own outcome decides the status (an earlier OOM is history)
+                record.setdefault("earlier_errors", []).append(record["error"])
+            record.update(status="running", ended=None, error=None)
         self._save(record)
         self._progress(force=True)
 
@@ -60,6 +63,12 @@ class SweepRecorder(Callback):
         record = self._record(trial)
         if record is not None:
             record["restarts"] += 1
+            record.setdefault("retried_after", []).append(_error_text(trial))  # what Ray retried (search.failures)
+            node = faulty_node(_error_text(trial, whole=True))
+            if node is not None:  # a file missing there: the next attempt goes elsewhere when it can
+                avoided = record.setdefault("avoided_nodes", [])
+                if avoid_nodes(trial, avoided + [node]):
+                    avoided.append(node)
             record["status"] = "running"
             self._save(record)
 
@@ -72,6 +81,9 @@ class SweepRecorder(Callback):
                                    "cuda_visible_devices": result.get("cuda_visible_devices", "")}
         if "resumed_from" in result:
             record["resumed_from"].append(result["resumed_from"])
+        if NOTE_KEY in result:  # e.g. an unreadable checkpoint skipped on restore
+            record.setdefault("notes", []).append(result[NOTE_KEY])
+            self.printer(f"trial {trial.trial_id}: {result[NOTE_KEY]}")
         if ERROR_KEY in result:
             record["error"] = result[ERROR_KEY]
         else:
@@ -167,10 +179,13 @@ def progress_line(records: list[dict], objective: Objective, total: int, elapsed
     return f"[tsweep {minutes:02d}:{seconds:02d}] {parts}{tail}"
 
 
-def _error_text(trial: Any) -> str:
-    """The last line of a failed trial's traceback (the exception), or a pointer to its error file."""
+def _error_text(trial: Any, whole: bool = False) -> str:
+    """The last line of a failed trial's traceback (the exception; `whole`: all of it), or a pointer to its
+    error file."""
     try:
         text = Path(trial.error_file).read_text().strip().splitlines()
+        if whole:
+            return "\n".join(text)
         return text[-1] if text else "failed (no error text)"
     except (OSError, TypeError):
         return f"failed (see {getattr(trial, 'path', 'the trial folder')})"

@@ -19,10 +19,10 @@ from tsweep.files import atomic_open, is_uri
 from tsweep.search import report_plots as plots
 from tsweep.search import report_stats as stats
 from tsweep.search.cache_budget import parse_duration
+from tsweep.search.export_swap import current_export
 from tsweep.search.leaderboard import board, render_html, status_counts
 from tsweep.search.objective import Objective
 from tsweep.search.reader import SweepSnapshot, read_snapshot
-from tsweep.search.records import EXPORT_DIR
 from tsweep.search.report_html import Figures, Section, facts_table, files_written, importance_table, note, render_page
 from tsweep.search.report_winner import winner_sections
 
@@ -137,7 +137,7 @@ def build_sections(root: Path, max_images: int = 8, progress: Callable[[str], No
     if more:
         rows = board([snap, *more], sort=objective.metric, mode=objective.mode).rows
         sections.append(Section("all", "Leaderboard of all the sweeps", [render_html(rows)]))
-    sections += main[1:] + winner_sections(root / EXPORT_DIR, snap, figures, max_images, progress)
+    sections += main[1:] + winner_sections(current_export(root), snap, figures, max_images, progress)
     return snap, sections, figures
 
 

@@ -108,16 +108,17 @@ def candidates(space: Space, key: str) -> list:
 
 
 def check_weights(space: Space, progress: Callable[[str], None] = print) -> None:
-    """Build each backbone of the space once with its weights, so a failed download or a bad weights
-    file stops the sweep before any trial (and Keras caches ImageNet downloads for the trials)."""
+    """Build each backbone of the space with its weights at every image size of the space (Keras's ImageNet
+    file differs per size for MobileNetV2), so a failed download or a bad weights file stops the sweep before
+    any trial (and Keras caches ImageNet downloads for the trials)."""
     from tsweep.trainers.pretrained import build_backbone
 
     for backbone in candidates(space, "backbone"):
         for weights in candidates(space, "weights"):
             for alpha in candidates(space, "alpha"):
-                size = min(candidates(space, "image_size"))
-                progress(f"checking {backbone} weights={weights} alpha={alpha}")
-                build_backbone(backbone, size, weights=weights, alpha=alpha)
+                for size in sorted(set(candidates(space, "image_size"))):
+                    progress(f"checking {backbone} weights={weights} alpha={alpha} at {size} px")
+                    build_backbone(backbone, size, weights=weights, alpha=alpha)
 
 
 def prepare(opts: SweepOptions, progress: Callable[[str], None] = print) -> tuple[Space, dict, Path]:

@@ -1,18 +1,19 @@
 """The Ray Tune trainable: one sampled config -> `tsweep.trainers.train.train`, one report per epoch.
 
 Each report carries a checkpoint (model with optimizer state, plus the history), so a trial moved to
-another node or resumed by `tsweep resume` continues from its last epoch.
+another node or resumed by `tsweep resume` continues from its last epoch. What a failure inside the trial means
+(retried by Ray, or failed at once with its reason) is decided by `search.failures`, in one `except` here.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
 ERROR_KEY = "tsweep_error"  # set in a trial's last report when it failed on its own (e.g. NaN loss)
+NOTE_KEY = "tsweep_note"  # set in a report after the trial skipped an unreadable checkpoint (search.failures)
 GATE_ENV = "TSWEEP_TRIAL_GATE"  # tests only: a Unix socket every trial checks in with after each epoch (check_in)
 
 
@@ -33,46 +34,49 @@ def make_trainable(data_options: dict[str, Any], mixed_precision: bool = False,
         import ray
         from ray import tune
 
-        from tsweep.errors import SweepConfigError, TrialError
+        from tsweep.search.failures import NodeFault, classify, kept_checkpoints, resume_chain
         from tsweep.trainers.checkpoint import checkpoint_epoch, save_checkpoint
         from tsweep.trainers.runtime import configure_tensorflow, fresh_session
 
         fresh_session()
         context = ray.get_runtime_context()
         assigned = context.get_assigned_resources()
-        configure_tensorflow(assigned.get("CPU"), gpu_fraction=assigned.get("GPU", 0.0),
-                             mixed_precision=mixed_precision)
         # Where the trial ran and what it was given, for the records (and the multi-node tests).
         placement = {"node_id": context.get_node_id()[:12], "gpu_fraction": assigned.get("GPU", 0.0),
                      "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""), "pid": os.getpid()}
-
-        from tsweep.trainers.train import as_config, train
-
-        cfg = as_config(config)
-        data = dataset(cfg.image_size, data_options)
-
-        checkpoint = tune.get_checkpoint()
         resumed: list[int] = []  # the checkpoint epoch this run continues from, said in its first report
+        notes: list[str] = []  # checkpoints skipped as unreadable, said in the next report
 
         def report(history: list, model: Any) -> None:
             metrics = {**history[-1], **placement, "rss_mb": rss_mb()}
             if resumed:
                 metrics["resumed_from"] = resumed.pop()
+            if notes:
+                metrics[NOTE_KEY] = "; ".join(notes)
+                notes.clear()
             with tempfile.TemporaryDirectory(prefix="tsweep-ckpt-") as tmp:
                 save_checkpoint(tmp, model, history)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
             check_in(tune.get_context().get_trial_id(), history[-1]["epoch"])
 
-        with checkpoint.as_directory() if checkpoint else nullcontext(None) as resume_dir:
-            if resume_dir is not None:
-                resumed.append(checkpoint_epoch(resume_dir))
-            try:
-                train(cfg, data, on_epoch=report, resume_from=resume_dir,
-                      feature_cache=feature_cache(features, data_options.get("cache_dir")))
-            except (TrialError, SweepConfigError) as e:
-                # A failure of the config itself (NaN loss, weights missing on this node): record it and end
-                # the trial; Ray's retries are for infrastructure failures (a dead node) and would repeat it.
-                tune.report({ERROR_KEY: str(e)})
+        def run(resume_dir: Any) -> None:
+            from tsweep.trainers.train import as_config, train
+
+            cfg = as_config(config)
+            data = dataset(cfg.image_size, data_options)
+            resumed[:] = [] if resume_dir is None else [checkpoint_epoch(resume_dir)]
+            train(cfg, data, on_epoch=report, resume_from=resume_dir,
+                  feature_cache=feature_cache(features, data_options.get("cache_dir")))
+
+        try:
+            configure_tensorflow(assigned.get("CPU"), gpu_fraction=assigned.get("GPU", 0.0),
+                                 mixed_precision=mixed_precision)
+            resume_chain(kept_checkpoints(tune.get_checkpoint()), run, notes.append)
+        except Exception as e:  # one place decides (search.failures): retried by Ray, or failed at once
+            failure = classify(e)
+            if failure.retried:
+                raise NodeFault(f"on node {context.get_node_id()}: {failure.reason}") from e
+            tune.report({ERROR_KEY: failure.reason, **({NOTE_KEY: "; ".join(notes)} if notes else {})})
 
     return tsweep_trial
 

@@ -11,6 +11,7 @@ took ~1 s; a trial writes one every epoch.
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,10 @@ import numpy as np
 WEIGHTS_FILE = "weights.npz"
 OPTIMIZER_FILE = "optimizer.npz"
 STATE_FILE = "state.json"
+
+
+class CorruptCheckpoint(ValueError):
+    """A checkpoint that cannot be used: a file missing, truncated or unreadable, or arrays of another config."""
 
 
 def save_checkpoint(directory: str | Path, model: Any, history: list[dict]) -> Path:
@@ -53,7 +58,8 @@ def load_checkpoint(directory: str | Path, config: Any, num_classes: int) -> tup
         num_classes: the dataset's class count.
 
     Raises:
-        ValueError: the checkpoint's arrays do not fit the model of `config` (another config's checkpoint).
+        CorruptCheckpoint (a ValueError): a file is missing or unreadable, or the checkpoint's arrays do not fit
+            the model of `config` (another config's checkpoint).
     """
     from dataclasses import replace
 
@@ -61,7 +67,7 @@ def load_checkpoint(directory: str | Path, config: Any, num_classes: int) -> tup
     from tsweep.trainers.train import prepare_phase
 
     directory = Path(directory)
-    state = json.loads((directory / STATE_FILE).read_text())
+    state = _state(directory)
     # Every weight comes from the checkpoint: skip loading the backbone's pretrained file (or download).
     model = build_model(replace(config, weights="none"), num_classes)
     _assign(model.variables, _load(directory / WEIGHTS_FILE), directory / WEIGHTS_FILE)
@@ -74,8 +80,30 @@ def load_checkpoint(directory: str | Path, config: Any, num_classes: int) -> tup
 
 
 def checkpoint_epoch(directory: str | Path) -> int:
-    """The last completed epoch saved in a checkpoint directory."""
-    return int(json.loads((Path(directory) / STATE_FILE).read_text())["epoch"])
+    """The last completed epoch saved in a checkpoint directory (CorruptCheckpoint when unreadable)."""
+    return int(_state(Path(directory))["epoch"])
+
+
+def verify_checkpoint(directory: str | Path) -> None:
+    """Read every file of a checkpoint back (zip CRCs included), without building a model.
+
+    Raises:
+        CorruptCheckpoint: a file is missing, truncated or unreadable.
+    """
+    directory = Path(directory)
+    _state(directory)
+    _load(directory / WEIGHTS_FILE)
+    if (directory / OPTIMIZER_FILE).exists():
+        _load(directory / OPTIMIZER_FILE)
+
+
+def _state(directory: Path) -> dict:
+    try:
+        state = json.loads((directory / STATE_FILE).read_text())
+        int(state["epoch"]), list(state["history"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CorruptCheckpoint(f"{directory / STATE_FILE} is unreadable: {type(e).__name__}: {e}") from e
+    return state
 
 
 def _arrays(variables: list) -> list[np.ndarray]:
@@ -85,14 +113,17 @@ def _arrays(variables: list) -> list[np.ndarray]:
 
 
 def _load(path: Path) -> list[np.ndarray]:
-    with np.load(path) as saved:
-        return [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            return [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:  # missing, truncated, bad CRC
+        raise CorruptCheckpoint(f"{path} is unreadable: {type(e).__name__}: {' '.join(str(e).split())}") from e
 
 
 def _assign(variables: list, arrays: list[np.ndarray], source: Path) -> None:
     shapes = [tuple(v.shape) for v in variables]
     if shapes != [a.shape for a in arrays]:
-        raise ValueError(f"{source} holds {len(arrays)} arrays that do not fit this model's {len(variables)} "
+        raise CorruptCheckpoint(f"{source} holds {len(arrays)} arrays that do not fit this model's {len(variables)} "
                          "variables: it was written for another config; resume with the config that wrote it")
     for variable, array in zip(variables, arrays):
         variable.assign(array)

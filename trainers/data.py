@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from tsweep.errors import SweepConfigError
+from tsweep.errors import NodeFileError, SweepConfigError
 from tsweep.files import is_uri
 from tsweep.trainers import images as imgs
 from tsweep.trainers.decoded_cache import cache_key, load_or_decode  # noqa: F401 (cache_key: re-exported)
@@ -138,9 +138,9 @@ def discover(data_dir: str | os.PathLike, *, val_fraction: float = 0.2) -> Layou
         raise SweepConfigError(f"`val_fraction` must be in [0, 1), got {val_fraction}: use e.g. 0.2")
     root = Path(data_dir).expanduser()
     if not root.exists():
-        raise SweepConfigError(f"data dir {root} does not exist: pass a folder holding {_LAYOUT_HELP}")
+        raise NodeFileError(f"data dir {root} does not exist: pass a folder holding {_LAYOUT_HELP}")
     if not root.is_dir():
-        raise SweepConfigError(f"data dir {root} is not a directory: pass a folder holding {_LAYOUT_HELP}")
+        raise NodeFileError(f"data dir {root} is not a directory: pass a folder holding {_LAYOUT_HELP}")
     found: dict[str, list[Path]] = {}
     for d in _subdirs(root):
         if d.name.lower() in _SPLIT_FOLDERS:

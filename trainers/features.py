@@ -10,7 +10,8 @@ digits).
 
 Loaded arrays stay in a per-process LRU bounded by ``memory_budget_bytes``; the least recently used are
 dropped from it first, and an array larger than the whole budget is never loaded into memory but served
-memory-mapped from its file (read-only), i.e. it spills to disk. ``clear()`` empties the directory.
+memory-mapped from its file (read-only), i.e. it spills to disk. ``clear()`` empties the directory. When the
+directory cannot be written (full, read-only), the cache warns once and keeps what it computes in memory only.
 
 Entries are deleted by ``tsweep cache clean`` and by a sweep start over its disk budget, least recently used
 first (``trainers.cache_eviction``), never one a process holds (``trainers.cache_locks``): a cache holds a
@@ -28,6 +29,7 @@ import json
 import os
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
@@ -96,7 +98,11 @@ class FeatureCache:
         if dtype not in DTYPES:
             raise ValueError(f"FeatureCache dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         self.directory = Path(directory).expanduser()
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.disk_error: str | None = None  # set when the directory cannot be written: memory only from then on
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            self._disk_failed(e)
         self.memory_budget_bytes = default_memory_budget() if memory_budget_bytes is None \
             else max(0, int(memory_budget_bytes))
         self.dtype = np.dtype(dtype)
@@ -142,10 +148,11 @@ class FeatureCache:
             with self._file_lock(key):
                 if not target.exists():  # nobody stored it while we waited for the lock
                     array = np.ascontiguousarray(np.asarray(compute()), dtype=self.dtype)
-                    self._write(target, array, key_parts)
+                    if self.disk_error is None:
+                        self._write(target, array, key_parts)
                     with self._lock:
                         self.stats["computed"] += 1
-                    if array.nbytes <= self.memory_budget_bytes:
+                    if array.nbytes <= self.memory_budget_bytes or self.disk_error is not None:
                         fresh = array
             if fresh is not None:  # (the shared lock only now: a waiter for the compute lock comes next)
                 self._hold(key, target)
@@ -193,7 +200,15 @@ class FeatureCache:
         # flock locks belong to an open file description, so two threads of one process block each other too.
         path = self.directory / f"{key}.lock"
         while True:
-            with open(path, "a+b") as handle:
+            try:
+                handle = open(path, "a+b") if self.disk_error is None else None
+            except OSError as e:
+                self._disk_failed(e)
+                handle = None
+            if handle is None:  # memory only: no file to lock, and this process computes for itself
+                yield
+                return
+            with handle:
                 fcntl.flock(handle, fcntl.LOCK_EX)
                 try:
                     st, now = os.fstat(handle.fileno()), os.stat(path)
@@ -206,6 +221,15 @@ class FeatureCache:
                 finally:
                     fcntl.flock(handle, fcntl.LOCK_UN)
                 return
+
+    def _disk_failed(self, error: OSError) -> None:
+        """Go on in memory only (once per cache, with a warning), as the decoded-image cache does."""
+        if self.disk_error is not None:
+            return
+        self.disk_error = f"{type(error).__name__}: {error}"
+        warnings.warn(f"could not write the feature cache {self.directory} ({self.disk_error}): keeping features in "
+                      "this process's memory only (each trial process computes its own); set --cache-dir or "
+                      "TSWEEP_CACHE to a writable folder with free space", stacklevel=3)
 
     def _hold(self, key: str, target: Path) -> bool:
         """Keep a shared lock on the entry's file (eviction skips it); False when it is gone (evicted)."""
@@ -244,9 +268,12 @@ class FeatureCache:
     def _write(self, target: Path, array: np.ndarray, key_parts: dict) -> None:
         meta = json.dumps({"key_parts": key_parts, "shape": list(array.shape), "dtype": array.dtype.name},
                           sort_keys=True, indent=1, default=str)
-        with atomic_open(target, suffix=".tmp", fsync=True) as handle:  # .<key>.npy.<random>.tmp meanwhile
-            np.save(handle, array, allow_pickle=False)
-            target.with_suffix(".json").write_text(meta)  # informative only
+        try:
+            with atomic_open(target, suffix=".tmp", fsync=True) as handle:  # .<key>.npy.<random>.tmp meanwhile
+                np.save(handle, array, allow_pickle=False)
+                target.with_suffix(".json").write_text(meta)  # informative only
+        except OSError as e:  # a full or read-only disk: the caller keeps the array in memory instead
+            self._disk_failed(e)
 
     def _load(self, key: str, target: Path) -> np.ndarray:
         mapped = np.load(target, mmap_mode="r", allow_pickle=False)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tsweep.errors import SweepConfigError, out_of_range
+from tsweep.errors import NodeFileError, SweepConfigError, out_of_range
 from tsweep.spaces.backbones import MAX_IMAGE_SIZE, BackboneSpec, get_spec
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def build_backbone(name: str, image_size: int, weights: str | None = "imagenet",
     elif source.lower() != "none":
         path = Path(source).expanduser()
         if not path.is_file():
-            raise SweepConfigError(f"weights file '{source}' does not exist: pass an existing .h5 file, "
+            raise NodeFileError(f"weights file '{source}' does not exist: pass an existing .h5 file, "
                                    "\"imagenet\" or \"none\"")
 
     import keras  # lazily: importing TensorFlow takes seconds
@@ -89,7 +89,7 @@ def build_backbone(name: str, image_size: int, weights: str | None = "imagenet",
     except Exception as e:  # with "imagenet" the rest is the download (a bare Exception when offline)
         if kwargs["weights"] != "imagenet":
             raise
-        raise SweepConfigError(
+        raise NodeFileError(
             f"the download of ImageNet weights for {spec.name} failed ({_brief(e)}): pass --weights PATH "
             f"to a local no-top weights file (e.g. {_example_file(spec, alpha)}) or --weights none") from e
     if path is not None:

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import IO, Callable
 
-from tsweep.errors import SweepConfigError
+from tsweep.errors import NodeFileError, SweepConfigError
 from tsweep.files import is_uri
 
 DONE = ".complete"
@@ -54,7 +54,7 @@ def local_data_dir(data_dir: str | os.PathLike, cache_dir: Path,
         fs, root = pafs.FileSystem.from_uri(uri)
         listing = fs.get_file_info(pafs.FileSelector(root, recursive=True))
     except (OSError, ValueError) as e:
-        raise SweepConfigError(f"cannot list data URI {uri}: {e}. Check the URI and this node's credentials "
+        raise NodeFileError(f"cannot list data URI {uri}: {e}. Check the URI and this node's credentials "
                                "(e.g. an instance profile with read access), or pass a local path") from None
     files = sorted((i.path, i.size, i.mtime_ns or 0) for i in listing if i.type == pafs.FileType.File)
     if not files:
