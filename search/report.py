@@ -18,6 +18,7 @@ from tsweep.errors import SweepConfigError
 from tsweep.files import atomic_open, is_uri
 from tsweep.search import report_plots as plots
 from tsweep.search import report_stats as stats
+from tsweep.search.baseline import gain_sentence, transfer_gain
 from tsweep.search.leaderboard import board, render_html, status_counts
 from tsweep.search.objective import Objective
 from tsweep.search.reader import SweepSnapshot, read_snapshot
@@ -42,6 +43,9 @@ def summary_section(snap: SweepSnapshot, objective: Objective) -> Section:
              ("space", info.get("space", "-")), ("data", (info.get("data") or {}).get("data_dir", "-")),
              ("objective", f"{objective.metric} ({objective.mode})"),
              ("trials", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none yet")]
+    gain = gain_sentence(transfer_gain(snap.trials, objective))
+    if gain:  # --baseline: what transfer gained over small_cnn trained from scratch
+        facts.append(("over the baseline", gain))
     blocks = [facts_table(facts)]
     blocks += [note(p) for p in snap.problems]
     blocks.append(f"<p>TensorBoard: <code>tensorboard --logdir {html.escape(snap.location)}</code> shows every "

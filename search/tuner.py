@@ -73,12 +73,18 @@ def trainable_for(opts: Any, data_options: dict) -> Any:
     return tune.with_resources(trainable, resources)
 
 
-def make_scheduler(max_epochs: int, grace_period: int, reduction_factor: int) -> Any:
-    """ASHA over training iterations (one per epoch); metric and mode come from the TuneConfig."""
+def make_scheduler(max_epochs: int, grace_period: int, reduction_factor: int, baseline: dict | None = None) -> Any:
+    """ASHA over training iterations (one per epoch); metric and mode come from the TuneConfig. With a
+    `baseline` config, ASHA spares that trial (`search.baseline.BaselineASHA`)."""
     from ray.tune.schedulers import ASHAScheduler
 
-    return ASHAScheduler(time_attr="training_iteration", max_t=max_epochs,
-                         grace_period=min(grace_period, max_epochs), reduction_factor=reduction_factor)
+    kwargs = dict(time_attr="training_iteration", max_t=max_epochs, grace_period=min(grace_period, max_epochs),
+                  reduction_factor=reduction_factor)
+    if baseline is None:
+        return ASHAScheduler(**kwargs)
+    from tsweep.search.baseline_asha import BaselineASHA
+
+    return BaselineASHA(baseline, **kwargs)
 
 
 def run_tuner(opts: Any, space: Space, data_options: dict, root: Path, objective: Objective,
@@ -97,16 +103,24 @@ def run_tuner(opts: Any, space: Space, data_options: dict, root: Path, objective
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    from tsweep.search import baseline as scratch
+
     init_ray(opts.address)
     trainable = trainable_for(opts, data_options)
-    recorder = SweepRecorder(root, objective, total=opts.num_samples, printer=progress)
+    # --baseline: one more trial, small_cnn from scratch, run first and spared by ASHA (search/baseline.py)
+    baseline = scratch.baseline_config(space, max_epochs) if getattr(opts, "baseline", False) else None
+    if baseline is not None:
+        scratch.quiet_preset_warnings()
+    num_samples = opts.num_samples + (baseline is not None)
+    recorder = SweepRecorder(root, objective, total=num_samples, printer=progress, baseline=baseline)
     tuner = tune.Tuner(
         trainable,
-        param_space=to_ray(space),
+        param_space=scratch.param_space(to_ray(space), baseline),
         tune_config=tune.TuneConfig(
-            metric=objective.metric, mode=objective.mode, num_samples=opts.num_samples,
-            scheduler=make_scheduler(max_epochs, opts.grace_period, opts.reduction_factor),
-            search_alg=BasicVariantGenerator(random_state=opts.seed),
+            metric=objective.metric, mode=objective.mode, num_samples=num_samples,
+            scheduler=make_scheduler(max_epochs, opts.grace_period, opts.reduction_factor, baseline),
+            search_alg=BasicVariantGenerator(random_state=opts.seed,
+                                             points_to_evaluate=[baseline] if baseline else None),
             trial_dirname_creator=lambda trial: trial.trial_id,
             reuse_actors=opts.reuse_workers,
         ),
