@@ -49,7 +49,7 @@ def summary_section(snap: SweepSnapshot, objective: Objective) -> Section:
     blocks = [facts_table(facts)]
     blocks += [note(p) for p in snap.problems]
     blocks.append(f"<p>TensorBoard: <code>tensorboard --logdir {html.escape(snap.location)}</code> shows every "
-                  "trial's loss, accuracy, val_loss and val_accuracy per epoch side by side "
+                  "trial's loss, accuracy, val_loss, val_accuracy and val_balanced_accuracy per epoch side by side "
                   "(tags <code>ray/tune/*</code>).</p>")
     return Section("summary", f"Sweep {snap.name}", blocks)
 
