@@ -76,8 +76,8 @@ def training_blocks(metrics: dict, figures: Figures) -> list[str]:
     facts += [(f"in the sweep: {k}", v) for k, v in best.items()]
     if metrics.get("baseline"):
         facts.append(("baseline", "yes: the small_cnn trained from scratch (--baseline) beat every transfer trial"))
-    for split in ("validation", "test"):  # per_class_recall is in the per-class tables below
-        facts += [(f"{split} {k}", v) for k, v in (metrics.get(split) or {}).items() if not isinstance(v, dict)]
+    for split in ("validation", "test"):
+        facts += [(f"{split} {k}", v) for k, v in (metrics.get(split) or {}).items()]
     blocks = [facts_table(facts)]
     history = metrics.get("history") or []
     if history:
