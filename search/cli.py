@@ -58,8 +58,12 @@ def show_leaderboard(root: Path, top: int | None = None, fmt: str = "table") -> 
     from tsweep.search.records import read_sweep, read_trials
 
     info = read_sweep(root)
-    rows = leaderboard_rows(read_trials(root), Objective(info["metric"], info["mode"]), info["sampled"], top)
-    text = render(rows, fmt)
+    from tsweep.search.baseline import gain_sentence, transfer_gain
+
+    trials, objective = read_trials(root), Objective(info["metric"], info["mode"])
+    text = render(leaderboard_rows(trials, objective, info["sampled"], top), fmt)
+    gain = gain_sentence(transfer_gain(trials, objective))  # --baseline: "transfer: +x points over ..."
+    text += f"\n{gain}" if gain else ""
     print(text, flush=True)
     return text
 

@@ -126,10 +126,17 @@ def export_trial(root: str | Path, trial_id: str | None = None, retrain: bool = 
                      "kept_epoch": len(result.history), "history": result.history}
     if checkpoint is not None:
         metrics["checkpoint"] = str(checkpoint)
+    if trial.get("baseline"):  # the --baseline trial (small_cnn from scratch) really was the best
+        metrics["baseline"] = True
+        progress(f"the winner is the from-scratch baseline trial {trial['trial_id']}: transfer did not beat it")
+    # loss, accuracy and balanced_accuracy of each held-out split; "per_class_recall": split -> class -> recall
     if not metrics["full_data"] and has_val:
-        metrics["validation"] = evaluate(result.model, data.x_val, data.y_val)
+        metrics["validation"] = evaluate(result.model, data.x_val, data.y_val, class_names=data.class_names)
     if data.x_test is not None:
-        metrics["test"] = evaluate(result.model, data.x_test, data.y_test)
+        metrics["test"] = evaluate(result.model, data.x_test, data.y_test, class_names=data.class_names)
+    recall = {split: metrics[split].pop("per_class_recall") for split in ("validation", "test") if split in metrics}
+    if recall:
+        metrics["per_class_recall"] = recall
     for split in ("validation", "test"):
         if split in metrics:
             progress(f"  {split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics[split].items()))

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from tsweep.errors import SweepConfigError
+from tsweep.search.columns import extra_columns, extra_values, keep_top
 from tsweep.search.objective import Objective, is_number
 from tsweep.search.records import STATUSES
 
 FORMATS = ("table", "csv", "json", "markdown", "html")
 # Per-epoch keys of a trial's history that are bookkeeping, not metrics one could rank by.
 NOT_METRICS = ("epoch", "phase")
-
 
 def leaderboard_rows(trials: Iterable[dict], objective: Objective, params: Sequence[str],
                      top: int | None = None) -> list[dict]:
@@ -35,6 +35,8 @@ def leaderboard_rows(trials: Iterable[dict], objective: Objective, params: Seque
         params: the hyperparameter columns (the sampled keys of the sweep's space).
         top: keep only the first `top` rows; default all.
     """
+    trials = list(trials)
+    extra = extra_columns(trials, objective)
     rows = []
     for t in trials:
         epoch, value = objective.best_epoch(t.get("history", []))
@@ -44,6 +46,7 @@ def leaderboard_rows(trials: Iterable[dict], objective: Objective, params: Seque
             "epochs": len(t.get("history", [])),
             objective.metric: value,
             "best_epoch": epoch,
+            **extra_values(t, extra, epoch),
         }
         config = t.get("config", {})
         row.update({p: config.get(p) for p in params})
@@ -53,7 +56,7 @@ def leaderboard_rows(trials: Iterable[dict], objective: Objective, params: Seque
     for i, row in enumerate(rows, 1):
         row["rank"] = i
     rows = [{"rank": r.pop("rank"), **r} for r in rows]
-    return rows[:top] if top else rows
+    return keep_top(rows, top, lambda r: r.get("baseline"))
 
 
 def fmt(value: Any) -> str:
@@ -272,8 +275,9 @@ def board(sweeps: Sequence[Any], sort: str | None = None, mode: str | None = Non
     objective, notes = choose_objective(sweeps, sort, mode)
     several = len(sweeps) > 1
     params = list(dict.fromkeys(p for s in sweeps for p in s.params()))
+    extra = extra_columns([t for s in sweeps for t in s.trials], objective)
     columns = ["rank", *(["sweep"] if several else []), "trial", "status", "epochs", objective.metric,
-               "best_epoch", *params, "wall_s"]
+               "best_epoch", *extra, *params, "wall_s"]
     # rank is given after filtering, so it cannot be filtered on (--top does that)
     known = (set(columns) - {"rank"}) | {"sweep"} | {k for s in sweeps for t in s.trials for k in t.get("config") or {}}
     unknown = sorted({c.key for c in where if c.key not in known})
@@ -292,4 +296,4 @@ def board(sweeps: Sequence[Any], sort: str | None = None, mode: str | None = Non
     rows.sort(key=lambda r: (objective.sort_key(r[0][objective.metric]), r[1]["sweep"], str(r[0]["trial"])))
     # A hyperparameter sampled in one sweep shows its fixed value in the others (e.g. each one's backbone).
     out = [{c: (i if c == "rank" else lookup.get(c)) for c in columns} for i, (_, lookup) in enumerate(rows, 1)]
-    return Board(out[:top] if top else out, objective, notes)
+    return Board(keep_top(out, top, lambda r: r.get("baseline")), objective, notes)

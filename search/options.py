@@ -96,6 +96,9 @@ class SweepOptions:
     # --- the winner ------------------------------------------------------------------------------------
     export: bool = opt(True, "skip retraining and exporting the winner")
     formats: str = opt("keras,saved_model", FORMATS_HELP)
+    # --- what transfer gained ----------------------------------------------------------------------------
+    baseline: bool = opt(False, "add one trial of small_cnn trained from scratch with the sweep's epoch budget "
+                         "(spared by ASHA), to show what transfer gained over it")
 
     def objective(self) -> Objective:
         return Objective(self.metric, self.mode)

@@ -18,7 +18,8 @@ from tsweep.search.trial import ERROR_KEY, NOTE_KEY
 from tsweep.spaces.config import TrialConfig
 
 # Per-epoch keys kept in a trial record (Ray adds many bookkeeping fields we do not need).
-KEPT = ("epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_time_s", "stage_s", "rss_mb")
+KEPT = ("epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "epoch_time_s",
+        "stage_s", "rss_mb")
 
 
 class SweepRecorder(Callback):
@@ -29,10 +30,12 @@ class SweepRecorder(Callback):
         printer: where progress lines go, default print.
         interval: seconds between progress lines triggered by epoch results, default 10.
         budget: the sweep's `budget.TimeBudget` (progress lines show the time left), default None.
+        baseline: the config of the sweep's from-scratch baseline trial (`--baseline`), whose record is marked
+            ``"baseline": true``; default None.
     """
 
-    def __init__(self, root: Path, objective: Objective, total: int,
-                 printer: Callable[[str], None] = print, interval: float = 10.0, budget: Any = None) -> None:
+    def __init__(self, root: Path, objective: Objective, total: int, printer: Callable[[str], None] = print,
+                 interval: float = 10.0, budget: Any = None, baseline: dict | None = None) -> None:
         self.root = root
         self.objective = objective
         self.total = total
@@ -42,6 +45,7 @@ class SweepRecorder(Callback):
         self.records: dict[str, dict] = {}
         self.started = time.time()
         self.last_print = 0.0
+        self.baseline = baseline
 
     # -- Ray Tune events --------------------------------------------------------------------------------
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -51,6 +55,8 @@ class SweepRecorder(Callback):
             record = {"trial_id": trial.trial_id, "status": "running", "config": config, "history": [],
                       "budget": int(config.get("epochs", TrialConfig.epochs)), "started": time.time(), "ended": None,
                       "wall_s": 0.0, "error": None, "nodes": [], "resumed_from": [], "restarts": 0}
+            if self.baseline is not None and config == self.baseline:
+                record["baseline"] = True
             self.records[trial.trial_id] = record
         else:  # restarted after a failure: keep the history, it continues from the checkpoint
             if record.get("error"):  # a new run: its own outcome decides the status (an earlier OOM is history)

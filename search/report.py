@@ -18,6 +18,7 @@ from tsweep.errors import SweepConfigError
 from tsweep.files import atomic_open, is_uri
 from tsweep.search import report_plots as plots
 from tsweep.search import report_stats as stats
+from tsweep.search.baseline import gain_sentence, transfer_gain
 from tsweep.search.cache_budget import parse_duration
 from tsweep.search.export_swap import current_export
 from tsweep.search.leaderboard import board, render_html, status_counts
@@ -43,10 +44,13 @@ def summary_section(snap: SweepSnapshot, objective: Objective, key: str = "summa
              ("space", info.get("space", "-")), ("data", (info.get("data") or {}).get("data_dir", "-")),
              ("objective", f"{objective.metric} ({objective.mode})"), *search_facts(info),
              ("trials", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none yet")]
+    gain = gain_sentence(transfer_gain(snap.trials, objective))
+    if gain:  # --baseline: what transfer gained over small_cnn trained from scratch
+        facts.append(("over the baseline", gain))
     blocks = [facts_table(facts)]
     blocks += [note(p) for p in snap.problems]
     blocks.append(f"<p>TensorBoard: <code>tensorboard --logdir {html.escape(snap.location)}</code> shows every "
-                  "trial's loss, accuracy, val_loss and val_accuracy per epoch side by side "
+                  "trial's loss, accuracy, val_loss, val_accuracy and val_balanced_accuracy per epoch side by side "
                   "(tags <code>ray/tune/*</code>).</p>")
     return Section(key, f"Sweep {snap.name}", blocks)
 

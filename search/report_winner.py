@@ -77,6 +77,8 @@ def training_blocks(metrics: dict, figures: Figures) -> list[str]:
                                                    else "train"),
              ("training time (s)", metrics.get("train_seconds"))]
     facts += [(f"in the sweep: {k}", v) for k, v in best.items()]
+    if metrics.get("baseline"):
+        facts.append(("baseline", "yes: the small_cnn trained from scratch (--baseline) beat every transfer trial"))
     for split in ("validation", "test"):
         facts += [(f"{split} {k}", v) for k, v in (metrics.get(split) or {}).items()]
     blocks = [facts_table(facts)]

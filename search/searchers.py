@@ -44,6 +44,9 @@ def check_search_options(opts: Any) -> None:
 
     if opts.search and opts.search not in SEARCHES:
         raise SweepConfigError(f"--search must be one of {', '.join(SEARCHES)}, got {opts.search!r}")
+    if getattr(opts, "baseline", False) and opts.search == "tpe":
+        raise SweepConfigError("--baseline works with --search random, got --search tpe: its small_cnn trial lies "
+                               "outside the space TPE models; run the baseline in a random sweep")
     if opts.time_budget and parse_duration(opts.time_budget, "--time-budget") <= 0:
         raise SweepConfigError(f"`--time-budget` must be more than 0 s, got {opts.time_budget!r}")
     for path in opts.warm_start:
@@ -85,7 +88,7 @@ def optuna_space(space: Space) -> dict[str, Any]:
 
 
 def make_searcher(search: str, space: Space, objective: Objective, seed: int, root: Path | None = None,
-                  warm: WarmStart | None = None) -> tuple[Any, dict]:
+                  warm: WarmStart | None = None, baseline: dict | None = None) -> tuple[Any, dict]:
     """The Ray Tune search algorithm and the Tuner's param_space for it.
 
     Args:
@@ -96,11 +99,17 @@ def make_searcher(search: str, space: Space, objective: Objective, seed: int, ro
         root: the sweep folder, whose trial records a restored TPE searcher reads (None: none to read).
         warm: a warm start (`warm_start.load_warm_start`): its best configs run first, and TPE's study
             starts with its finished trials.
+        baseline: the `--baseline` trial's config (search/baseline.py), run first; random search only (its
+            small_cnn lies outside the space TPE models).
     """
     from tsweep.search.ray_space import to_ray
 
     first = list(warm.first) if warm else []
+    if baseline is not None and search != "random":
+        raise SweepConfigError(f"--baseline works with --search random, got --search {search}: its small_cnn trial "
+                               "lies outside the space TPE models; run the baseline in a random sweep")
     if search == "random":
+        first = ([baseline] if baseline is not None else []) + first
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
         return BasicVariantGenerator(random_state=seed, points_to_evaluate=first or None), to_ray(space)

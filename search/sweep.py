@@ -30,7 +30,8 @@ from tsweep.spaces.overrides import with_overrides
 from tsweep.spaces.space import Space, load_space
 
 CLAIMS: dict[Path, Claim] = {}  # folders `prepare` claimed, until run_sweep takes them over
-REPORTED_METRICS = ("val_accuracy", "val_loss", "accuracy", "loss")  # what every trial reports per epoch
+# what every trial reports per epoch
+REPORTED_METRICS = ("val_accuracy", "val_loss", "val_balanced_accuracy", "accuracy", "loss")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # The `tsweep run` flag of each override key, so messages name what the user typed.
 OVERRIDE_FLAGS = {key: flag for key, (flag, _, _) in OVERRIDE_OPTIONS.items()}
@@ -111,9 +112,12 @@ def check_weights(space: Space, progress: Callable[[str], None] = print) -> None
     """Build each backbone of the space with its weights at every image size of the space (Keras's ImageNet
     file differs per size for MobileNetV2), so a failed download or a bad weights file stops the sweep before
     any trial (and Keras caches ImageNet downloads for the trials)."""
+    from tsweep.spaces.backbones import get_spec
     from tsweep.trainers.pretrained import build_backbone
 
     for backbone in candidates(space, "backbone"):
+        if get_spec(backbone).from_scratch:  # small_cnn: random init, no weights to check
+            continue
         for weights in candidates(space, "weights"):
             for alpha in candidates(space, "alpha"):
                 for size in sorted(set(candidates(space, "image_size"))):
@@ -183,9 +187,13 @@ def _prepare_inputs(opts: SweepOptions, progress: Callable[[str], None]) -> tupl
     data_options = {"data_dir": data_dir, "val_fraction": opts.val_fraction, "seed": opts.seed,
                     "cache_dir": opts.cache_dir}
     evict_cache(cache, opts, [cache_key(layout, int(size)) for size in candidates(space, "image_size")], progress)
+    warned = False
     for size in candidates(space, "image_size"):
         data = load_dataset(image_size=int(size), progress=progress, **data_options)
         progress(data.summary())
+        if not warned and data.imbalance_warning():  # the class counts are the same at every size: once
+            progress(data.imbalance_warning())
+            warned = True
     check_weights(space, progress)
     return space, data_options
 
@@ -238,7 +246,8 @@ def _run_claimed(opts: SweepOptions, space: Space, data_options: dict, claim: Cl
             "experiment": experiment_path(opts, root), "sweep_id": claim.marker["id"],
             "search": resolve_search(opts.search, space)}
     write_sweep(root, info)
-    progress(f"sweep {root.name}: {describe_search(opts, info['search'])} of {space.source}, ASHA on "
+    extra = " + 1 baseline (small_cnn from scratch, spared by ASHA)" if opts.baseline else ""
+    progress(f"sweep {root.name}: {describe_search(opts, info['search'])}{extra} of {space.source}, ASHA on "
              f"{objective.metric} ({objective.mode}), up to {max_epochs} epochs; results in {root}")
     from tsweep.search.tuner import run_tuner
 

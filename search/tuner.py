@@ -93,12 +93,18 @@ def trainable_for(opts: Any, data_options: dict) -> Any:
     return tune.with_resources(trainable, resources)
 
 
-def make_scheduler(max_epochs: int, grace_period: int, reduction_factor: int) -> Any:
-    """ASHA over training iterations (one per epoch); metric and mode come from the TuneConfig."""
+def make_scheduler(max_epochs: int, grace_period: int, reduction_factor: int, baseline: dict | None = None) -> Any:
+    """ASHA over training iterations (one per epoch); metric and mode come from the TuneConfig. With a
+    `baseline` config, ASHA spares that trial (`search.baseline.BaselineASHA`)."""
     from ray.tune.schedulers import ASHAScheduler
 
-    return ASHAScheduler(time_attr="training_iteration", max_t=max_epochs,
-                         grace_period=min(grace_period, max_epochs), reduction_factor=reduction_factor)
+    kwargs = dict(time_attr="training_iteration", max_t=max_epochs, grace_period=min(grace_period, max_epochs),
+                  reduction_factor=reduction_factor)
+    if baseline is None:
+        return ASHAScheduler(**kwargs)
+    from tsweep.search.baseline_asha import BaselineASHA
+
+    return BaselineASHA(baseline, **kwargs)
 
 
 def run_tuner(opts: Any, space: Space, data_options: dict, root: Path, objective: Objective,
@@ -117,6 +123,7 @@ def run_tuner(opts: Any, space: Space, data_options: dict, root: Path, objective
     """
     from ray import tune
 
+    from tsweep.search import baseline as scratch
     from tsweep.search.budget import TimeBudget
     from tsweep.search.cache_budget import parse_duration
     from tsweep.search.searchers import make_searcher, resolve_search
@@ -125,15 +132,21 @@ def run_tuner(opts: Any, space: Space, data_options: dict, root: Path, objective
     check_fits(opts)
     trainable = trainable_for(opts, data_options)
     budget = TimeBudget(parse_duration(opts.time_budget, "--time-budget"), root) if opts.time_budget else None
+    # --baseline: one more trial, small_cnn from scratch, run first and spared by ASHA (search/baseline.py)
+    baseline = scratch.baseline_config(space, max_epochs) if getattr(opts, "baseline", False) else None
+    if baseline is not None:
+        scratch.quiet_preset_warnings()
     search_alg, param_space = make_searcher(resolve_search(opts.search, space), space, objective, opts.seed,
-                                            root, warm)
-    recorder = SweepRecorder(root, objective, total=opts.trial_limit(), printer=progress, budget=budget)
+                                            root, warm, baseline)
+    limit = opts.trial_limit()
+    num_samples = limit + (baseline is not None) if limit > 0 else limit
+    recorder = SweepRecorder(root, objective, total=num_samples, printer=progress, budget=budget, baseline=baseline)
     tuner = tune.Tuner(
         trainable,
-        param_space=param_space,
+        param_space=scratch.param_space(param_space, baseline),
         tune_config=tune.TuneConfig(
-            metric=objective.metric, mode=objective.mode, num_samples=opts.trial_limit(),
-            scheduler=make_scheduler(max_epochs, opts.grace_period, opts.reduction_factor),
+            metric=objective.metric, mode=objective.mode, num_samples=num_samples,
+            scheduler=make_scheduler(max_epochs, opts.grace_period, opts.reduction_factor, baseline),
             search_alg=search_alg,
             trial_dirname_creator=lambda trial: trial.trial_id,
             reuse_actors=opts.reuse_workers,

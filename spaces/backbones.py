@@ -34,8 +34,8 @@ class BackboneSpec:
 
     Args:
         name: tsweep's name, e.g. "mobilenet_v2".
-        constructor: attribute of ``keras.applications``, e.g. "MobileNetV2".
-        module: the ``keras.applications`` submodule holding its ``preprocess_input``.
+        constructor: attribute of ``keras.applications``, e.g. "MobileNetV2" (for from_scratch, a spelling).
+        module: the ``keras.applications`` submodule holding its ``preprocess_input`` ("" for from_scratch).
         preprocess: one of PREPROCESS_MODES, what that ``preprocess_input`` does.
         default_size: the input size the ImageNet weights were trained at.
         min_size: the smallest input size Keras accepts.
@@ -43,6 +43,8 @@ class BackboneSpec:
         labels: human names of those blocks, same length.
         has_alpha: True when the constructor takes a width multiplier `alpha`. Default False.
         imagenet_alphas: the alphas Keras has ImageNet weights for (when has_alpha). Default ().
+        from_scratch: True for a network tsweep builds itself and always trains from random init, all of it
+            (`small_cnn`): no weights to load, nothing frozen, nothing cached. Default False.
     """
 
     name: str
@@ -55,6 +57,7 @@ class BackboneSpec:
     labels: tuple[str, ...]
     has_alpha: bool = False
     imagenet_alphas: tuple[float, ...] = ()
+    from_scratch: bool = False
 
     def __post_init__(self) -> None:
         if self.preprocess not in PREPROCESS_MODES:
@@ -68,8 +71,8 @@ class BackboneSpec:
         return len(self.boundaries)
 
 
-def _blocks(prefix: str, count: int) -> tuple[str, ...]:
-    return tuple(f"{prefix}{i}" for i in range(1, count + 1))
+def _blocks(prefix: str, count: int, suffix: str = "") -> tuple[str, ...]:
+    return tuple(f"{prefix}{i}{suffix}" for i in range(1, count + 1))
 
 
 # MobileNetV2 blocks with a residual connection end in their `_add` layer, the others in `_project_BN`.
@@ -105,6 +108,11 @@ _SPECS = (
         ("block1a_project_bn", "block2b_add", "block3b_add", "block4c_add", "block5c_add", "block6d_add",
          "block7a_project_bn", "top_activation"),
         _blocks("block", 7) + ("top",)),
+    # The classic first model of the Keras guides, trained from scratch as the baseline transfer should beat
+    # (`tsweep run --baseline`): Conv-ReLU-MaxPool blocks, built by trainers.backbones.small_cnn. Its inputs
+    # are scaled to [-1, 1] ("tf"), a plain rescaling, no ImageNet statistics.
+    BackboneSpec("small_cnn", "SmallCNN", "", "tf", 150, 32, _blocks("block", 3, "_pool"), _blocks("block", 3),
+                 from_scratch=True),
 )
 
 BACKBONES: dict[str, BackboneSpec] = {spec.name: spec for spec in _SPECS}
@@ -137,8 +145,9 @@ def describe() -> list[dict]:
     """One row per backbone for the `tsweep backbones` table.
 
     Keys: name, constructor, default_size, min_size, preprocess, alpha (width multiplier supported),
-    max_cutoff, cut_points (block labels; cutoff c freezes through the c-th).
+    max_cutoff, cut_points (block labels; cutoff c freezes through the c-th), from_scratch.
     """
     return [{"name": s.name, "constructor": s.constructor, "default_size": s.default_size,
              "min_size": s.min_size, "preprocess": s.preprocess, "alpha": s.has_alpha,
-             "max_cutoff": s.max_cutoff, "cut_points": list(s.labels)} for s in BACKBONES.values()]
+             "max_cutoff": s.max_cutoff, "cut_points": list(s.labels), "from_scratch": s.from_scratch}
+            for s in BACKBONES.values()]

@@ -20,12 +20,14 @@ from tsweep.spaces.backbones import MAX_IMAGE_SIZE, get_spec
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 AUGMENTATIONS = ("none", "light", "strong")
+CLASS_WEIGHTS = ("none", "balanced")
 
 
 @dataclass(frozen=True)
 class TrialConfig:
     # --- backbone: which pretrained network, at which input size -----------------------------------
-    backbone: str = "mobilenet_v2"  # a name from `tsweep backbones`
+    backbone: str = "mobilenet_v2"  # a name from `tsweep backbones`; small_cnn trains from scratch and ignores
+    #                                 alpha, weights, the freeze keys and the warm-up (nothing to keep or freeze)
     alpha: float = 1.0  # width multiplier (MobileNet family only)
     weights: str = "imagenet"  # "imagenet" (downloaded by Keras), "none" (random init) or a file path
     image_size: int = 160  # square input, pixels
@@ -43,6 +45,8 @@ class TrialConfig:
     warmup_epochs: int = 2  # head-only epochs on a fully frozen base before unfreezing above the cutoff
     warmup_learning_rate: float = 1e-3  # Adam's rate during warm-up (the classic recipe's default)
     augmentation: str = "none"  # none, light or strong: Keras preprocessing layers inside the model
+    class_weight: str = "none"  # none, or balanced: the loss weights class c by n / (k * n_c), as scikit-learn
+    #                             does, so each class counts as much as the others whatever its image count
     augmentation_views: int = 4  # augmented configs with a frozen prefix train on this many fixed augmented
     #                              views per image, cached as features (benchmarks/README.md); 0 = a new random
     #                              view every epoch, end to end
@@ -83,12 +87,13 @@ class TrialConfig:
         if self.optimizer not in OPTIMIZERS:
             raise SweepConfigError(f"{source}: `optimizer` must be one of {', '.join(OPTIMIZERS)}, "
                                    f"got {self.optimizer!r}")
-        if self.augmentation not in AUGMENTATIONS:
-            raise SweepConfigError(f"{source}: `augmentation` must be one of {', '.join(AUGMENTATIONS)}, "
-                                   f"got {self.augmentation!r}")
+        for key, allowed in (("augmentation", AUGMENTATIONS), ("class_weight", CLASS_WEIGHTS)):
+            if getattr(self, key) not in allowed:
+                raise SweepConfigError(f"{source}: `{key}` must be one of {', '.join(allowed)}, "
+                                       f"got {getattr(self, key)!r}")
         if self.freeze_cutoff is not None and self.freeze_fraction is not None:
             raise SweepConfigError(f"{source}: give `freeze_cutoff` or `freeze_fraction`, not both")
-        if self.freeze_cutoff is not None and not 0 <= self.freeze_cutoff <= spec.max_cutoff:
+        if self.freeze_cutoff is not None and not spec.from_scratch and not 0 <= self.freeze_cutoff <= spec.max_cutoff:
             raise SweepConfigError(
                 f"{source}: {out_of_range('freeze_cutoff', 0, spec.max_cutoff, self.freeze_cutoff)} "
                 f"({spec.name} has {spec.max_cutoff} cut points; `tsweep backbones` lists them)")
@@ -96,7 +101,7 @@ class TrialConfig:
             raise SweepConfigError(
                 f"{source}: {out_of_range('image_size', spec.min_size, MAX_IMAGE_SIZE, self.image_size)} "
                 f"({spec.name} needs at least {spec.min_size} px)")
-        if self.alpha != 1.0 and not spec.has_alpha:
+        if self.alpha != 1.0 and not spec.has_alpha and not spec.from_scratch:
             raise SweepConfigError(f"{source}: `alpha` applies to the MobileNet family only; "
                                    f"remove it for {spec.name}")
         if self.warmup_epochs > self.epochs:
@@ -104,13 +109,19 @@ class TrialConfig:
                                    " (warm-up epochs count within `epochs`)")
 
     def cutoff(self) -> int:
-        """The freeze cutoff in block boundaries of this backbone (fraction and default resolved)."""
+        """The freeze cutoff in block boundaries of this backbone (fraction and default resolved; 0 from scratch)."""
+        if self.from_scratch():
+            return 0
         top = get_spec(self.backbone).max_cutoff
         if self.freeze_cutoff is not None:
             return self.freeze_cutoff
         if self.freeze_fraction is not None:
             return round(self.freeze_fraction * top)
         return top
+
+    def from_scratch(self) -> bool:
+        """True for a backbone that trains from random init, all of it (`small_cnn`): no warm-up, no cache."""
+        return get_spec(self.backbone).from_scratch
 
     def is_feature_extraction(self) -> bool:
         """True when the whole backbone stays frozen (bottleneck features; no warm-up phase needed)."""
@@ -158,7 +169,8 @@ def coerce(key: str, value: Any, source: str) -> Any:
     PyYAML reads `1e-4` (no dot) as a string, so numeric strings are accepted for numeric keys.
     """
     if value is None:
-        return "none" if key == "weights" else None  # `weights: null` in YAML means random init
+        # `weights: null` in YAML means random init, `class_weight: null` no weighting
+        return "none" if key in ("weights", "class_weight") else None
     try:
         if key in _INT_KEYS:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
@@ -171,7 +183,7 @@ def coerce(key: str, value: Any, source: str) -> Any:
     except (TypeError, ValueError):
         kind = "an integer" if key in _INT_KEYS else "a number"
         raise SweepConfigError(f"{source}: `{key}` must be {kind}, got {value!r}") from None
-    if key in ("weights", "backbone", "optimizer", "augmentation"):
+    if key in ("weights", "backbone", "optimizer", "augmentation", "class_weight"):
         if not isinstance(value, str):
             raise SweepConfigError(f"{source}: `{key}` must be a string, got {value!r}")
         if key != "weights":

@@ -9,6 +9,7 @@ distribution::
     dropout: {uniform: [0.0, 0.5]}              # float in [low, high]
     learning_rate: {loguniform: [1.0e-5, 1.0e-2]}
     freeze_cutoff: {randint: [12, 17]}          # integer in [low, high], both included
+    class_weight: {choice: [none, balanced]}    # any key, strings too: balanced weights classes n / (k * n_c)
     epochs: {fixed: 12}                         # the same as `epochs: 12`
     search: tpe                                 # optional: the search algorithm (`tsweep run --search`)
 

@@ -7,6 +7,9 @@ BatchNormalization: the model builder calls ``base(x, training=False)``, so BN l
 (frozen moving statistics) in the frozen and the fine-tuned parts alike, as in the Keras fine-tuning guide;
 an unfrozen BN layer still trains its gamma and beta. Nothing here changes that.
 
+``small_cnn`` builds the one backbone that is no ``keras.applications`` model: the classic guides' first
+model, trained from scratch (the `--baseline` of a sweep).
+
 This module imports no TensorFlow or Keras at module level: it works on the model it is given.
 """
 
@@ -76,3 +79,25 @@ def freeze(base: keras.Model, spec_or_name: str | BackboneSpec, cutoff: int) -> 
     if first_trainable >= len(base.layers):
         base.trainable = False  # the same state, stated on the model too (summary, trainable_weights)
     return first_trainable
+
+
+SMALL_CNN_FILTERS = (32, 64, 128)  # one Conv(3x3)-ReLU-MaxPool(2x2) block each, as in the Keras guides' first model
+
+
+def small_cnn(image_size: int) -> keras.Model:
+    """The from-scratch backbone `small_cnn`: Conv-ReLU-MaxPool blocks on inputs already scaled to [-1, 1].
+
+    Its layers are named like the registry's boundaries (block1_conv, block1_pool, ...), so the freeze
+    machinery works on it like on any backbone; the trainer never freezes it (cutoff 0).
+
+    Args:
+        image_size: S, the square input size (at least 32: three poolings halve it to S / 8).
+    """
+    import keras
+
+    inputs = keras.Input((image_size, image_size, 3), name="input")
+    x = inputs
+    for i, filters in enumerate(SMALL_CNN_FILTERS, 1):
+        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"block{i}_conv")(x)
+        x = keras.layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
+    return keras.Model(inputs, x, name="small_cnn")

@@ -92,6 +92,13 @@ class Dataset:
         return (f"{Path(self.source).name or self.source}: {n} classes ({names}), {len(self.y_train)} train"
                 f" / {len(self.y_val)} val / {n_test} test images at {self.image_size} px")
 
+    def imbalance_warning(self) -> str | None:
+        """A warning suggesting class weights when the largest class has over 3x the training images of the
+        smallest (`trainers.metrics.imbalance_warning`), else None."""
+        from tsweep.trainers.metrics import imbalance_warning
+
+        return imbalance_warning(np.bincount(self.y_train, minlength=self.num_classes), self.class_names)
+
 
 def default_cache_dir() -> Path:
     """Where decoded images are cached: ``$TSWEEP_CACHE`` if set, else ``~/.cache/tsweep``."""

@@ -55,7 +55,13 @@ class TransferHyperModel(keras_tuner.HyperModel):
     def fit(self, hp: keras_tuner.HyperParameters, model: Any, *args: Any, epochs: int = 1,
             initial_epoch: int = 0, **kwargs: Any) -> Any:
         cfg = self.config(hp)
-        warm = 0 if cfg.is_feature_extraction() else max(0, min(cfg.warmup_epochs, epochs) - initial_epoch)
+        y = kwargs.get("y", args[1] if len(args) > 1 else None)
+        if cfg.class_weight == "balanced" and y is not None and "class_weight" not in kwargs:
+            from tsweep.trainers.metrics import class_weights
+
+            kwargs["class_weight"] = class_weights(y)
+        no_warmup = cfg.is_feature_extraction() or cfg.from_scratch()
+        warm = 0 if no_warmup else max(0, min(cfg.warmup_epochs, epochs) - initial_epoch)
         first = None
         if warm:
             first = model.fit(*args, epochs=initial_epoch + warm, initial_epoch=initial_epoch, **kwargs)

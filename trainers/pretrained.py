@@ -38,6 +38,7 @@ def build_backbone(name: str, image_size: int, weights: str | None = "imagenet",
         weights: "imagenet" (Keras downloads and caches it), "none" or None (random init), or a path to a
             weights file of the same backbone and alpha (e.g. a ``*_no_top.h5``). Default "imagenet".
         alpha: width multiplier, MobileNet family only. Default 1.0.
+        A from-scratch backbone (`small_cnn`) ignores `weights` and `alpha`: it is always random init.
 
     Raises:
         SweepConfigError: bad size, alpha or weights path; a failed ImageNet download; a weights file
@@ -48,6 +49,10 @@ def build_backbone(name: str, image_size: int, weights: str | None = "imagenet",
             or not spec.min_size <= image_size <= MAX_IMAGE_SIZE:
         raise SweepConfigError(f"{out_of_range('image_size', spec.min_size, MAX_IMAGE_SIZE, image_size)} "
                                f"({spec.name} needs at least {spec.min_size} px)")
+    if spec.from_scratch:  # built here, always random init: there are no weights to load (nor an alpha)
+        from tsweep.trainers.backbones import small_cnn
+
+        return small_cnn(image_size)
     kwargs: dict = {"include_top": False, "weights": None, "input_shape": (image_size, image_size, 3),
                     "pooling": None}
     if spec.has_alpha:

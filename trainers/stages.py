@@ -9,7 +9,8 @@ Stage, made when the phase starts:
 * "features": the suffix above the cutoff on the cached activations of the images;
 * "views": the suffix on the cached activations of epoch e's fixed augmented view (`trainers.views`).
 
-Every kind trains with `trainers.train.fit_epoch` (the same seeded batch order) and the suffix shares its
+Every kind trains with `trainers.train.fit_epoch` (the same seeded batch order, the same class weights, the
+same validation scores) and the suffix shares its
 layers with the full model, so a phase gives the same losses and weights on any kind, up to float rounding
 (tests/test_features.py, tests/test_views.py). The kind is `cached_train.stage_kind(config, phase)`.
 Adding a kind touches this file only.
@@ -46,13 +47,7 @@ class EndToEnd(Stage):
     def epoch(self, epoch: int, verbose: int = 0) -> dict[str, float]:
         from tsweep.trainers.train import fit_epoch
 
-        validation = None if self.validator is not None else self.validation
-        metrics = fit_epoch(self.trainer, self.x, self.y, validation, self.cfg, epoch, verbose)
-        if self.validator is not None:
-            values = self.validator.evaluate(*self.validation, batch_size=self.cfg.batch_size, verbose=0,
-                                             return_dict=True)
-            metrics.update(val_loss=float(values["loss"]), val_accuracy=float(values["accuracy"]))
-        return metrics
+        return fit_epoch(self.trainer, self.x, self.y, self.validation, self.cfg, epoch, verbose, self.validator)
 
 
 class Cached(Stage):
@@ -103,8 +98,7 @@ def make_stage(model: Any, cfg: TrialConfig, data: Dataset, phase: str, *, featu
         validator = None
         if features is not None and has_val and cutoff > 0:
             prefix, validator = split_model(model, cfg, cutoff, pooled=pooled)
-            validation = (features.get(prefix, cutoff, pooled, "val"), data.y_val)
-            validator.compile(optimizer="sgd", loss=model.loss, metrics=["accuracy"])  # evaluation only
+            validation = (features.get(prefix, cutoff, pooled, "val"), data.y_val)  # scored by predict: no compile
         return EndToEnd(model, cfg, x, y, validation, validator)
 
     prefix, trainer = split_model(model, cfg, cutoff, pooled=pooled)

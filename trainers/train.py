@@ -4,7 +4,12 @@ Fine-tuning follows the classic Keras recipe: the new head first trains for ``wa
 frozen backbone (Adam at ``warmup_learning_rate``), then the layers above ``freeze_cutoff`` unfreeze and
 training continues with the sampled optimizer at the sampled (usually low) learning rate. A config whose
 cutoff freezes the whole backbone is pure feature extraction: every epoch trains the head alone with the
-sampled optimizer.
+sampled optimizer. A from-scratch backbone (`small_cnn`) trains all of it, every epoch, with the sampled
+optimizer ("finetune" at cutoff 0): there is nothing frozen to warm a head up over.
+
+Every phase validates the same way (`validation_scores`: one prediction pass, `val_loss`, `val_accuracy` and
+`val_balanced_accuracy` from `trainers.metrics`), and `class_weight: balanced` weights every training sample by
+its class's weight in `fit_epoch`, the one place every kind of stage trains through.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ def phase_of(epoch_index: int, config: TrialConfig) -> str:
     """"features" (whole backbone frozen), "warmup" (head on a frozen base) or "finetune" for a 0-based epoch."""
     if config.is_feature_extraction():
         return "features"
+    if config.from_scratch():
+        return "finetune"
     return "warmup" if epoch_index < config.warmup_epochs else "finetune"
 
 
@@ -58,7 +65,8 @@ def train(config: Mapping[str, Any] | TrialConfig, data: Dataset, *, on_epoch: E
         config: a TrialConfig or a plain dict of its keys (a sampled Ray Tune config).
         data: the decoded dataset.
         on_epoch: called after each epoch with the history so far, whose last row holds that epoch's
-            metrics (epoch, phase, loss, accuracy, val_loss, val_accuracy, epoch_time_s, stage_s), and the
+            metrics (epoch, phase, loss, accuracy, val_loss, val_accuracy, val_balanced_accuracy, epoch_time_s,
+            stage_s), and the
             full model; default None.
         resume_from: a checkpoint directory written by `save_checkpoint`; training continues after its
             epoch with the saved weights and optimizer state. Default None (start from scratch).
@@ -90,7 +98,7 @@ def train(config: Mapping[str, Any] | TrialConfig, data: Dataset, *, on_epoch: E
         if cfg.weights == "none":
             calibrate_batchnorm(model, x_calibration)
     features = None
-    if feature_cache is not None:
+    if feature_cache is not None and not cfg.from_scratch():  # from scratch: nothing frozen, nothing to cache
         from tsweep.trainers.cached_train import PrefixFeatures
 
         features = PrefixFeatures(model, cfg, data, x_calibration, feature_cache)
@@ -169,13 +177,33 @@ def first_nonfinite_weight(model: Any) -> str | None:
 
 
 def fit_epoch(model: Any, x: Any, y: Any, validation: tuple | None, cfg: TrialConfig, epoch: int,
-              verbose: int = 0) -> dict[str, float]:
+              verbose: int = 0, validator: Any = None) -> dict[str, float]:
     """One epoch of `model.fit` in a seeded order of its own: a new permutation every epoch, the same one
-    for the same (seed, epoch) whether the model sees images or cached features."""
+    for the same (seed, epoch) whether the model sees images or cached features. With `class_weight:
+    balanced` each sample weighs its class's `metrics.class_weights` (from the labels it trains on).
+
+    Args:
+        validation: (x, y) scored after the epoch by `validation_scores`, or None.
+        validator: the model that scores `validation` (e.g. the suffix on cached activations); default `model`.
+    """
     order = np.random.default_rng([cfg.seed, epoch]).permutation(len(y))
-    fit = model.fit(x[order], y[order], batch_size=cfg.batch_size, epochs=epoch + 1, initial_epoch=epoch,
-                    validation_data=validation, shuffle=False, verbose=verbose)
-    return {k: float(v[-1]) for k, v in fit.history.items()}
+    weights = None
+    if cfg.class_weight == "balanced":
+        from tsweep.trainers.metrics import sample_weights
+
+        weights = sample_weights(y[order])
+    fit = model.fit(x[order], y[order], sample_weight=weights, batch_size=cfg.batch_size, epochs=epoch + 1,
+                    initial_epoch=epoch, shuffle=False, verbose=verbose)
+    metrics = {k: float(v[-1]) for k, v in fit.history.items()}
+    if validation is not None:
+        metrics.update(validation_scores(validator if validator is not None else model, *validation,
+                                         batch_size=cfg.batch_size))
+    return metrics
+
+
+def validation_scores(model: Any, x: Any, y: Any, batch_size: int = 64) -> dict[str, float]:
+    """val_loss, val_accuracy and val_balanced_accuracy of `model` on (x, y), from one prediction pass."""
+    return {f"val_{k}": v for k, v in evaluate(model, x, y, batch_size).items()}
 
 
 def max_cutoff(cfg: TrialConfig) -> int:
@@ -184,7 +212,11 @@ def max_cutoff(cfg: TrialConfig) -> int:
     return get_spec(cfg.backbone).max_cutoff
 
 
-def evaluate(model: Any, x: Any, y: Any, batch_size: int = 64) -> dict[str, float]:
-    """Loss and accuracy of `model` on (x, y), as plain floats."""
-    values = model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
-    return {k: float(v) for k, v in values.items()}
+def evaluate(model: Any, x: Any, y: Any, batch_size: int = 64, class_names: Any = None) -> dict:
+    """loss, accuracy and balanced_accuracy of `model` on (x, y) as plain floats (`metrics.scores`), from one
+    prediction pass; with `class_names`, also "per_class_recall" (class name -> recall)."""
+    from tsweep.trainers.metrics import scores
+
+    probabilities = model.predict(x, batch_size=batch_size, verbose=0)
+    classes = 2 if probabilities.shape[-1] == 1 else probabilities.shape[-1]
+    return scores(y, probabilities, classes, class_names)
