@@ -84,6 +84,11 @@ class SweepOptions:
     # --- the winner ------------------------------------------------------------------------------------
     export: bool = opt(True, "skip retraining and exporting the winner")
     formats: str = opt("keras,saved_model", FORMATS_HELP)
+    ensemble: int = opt(0, "export the ensemble of up to K top trials' best checkpoints (greedy selection with "
+                        "replacement on validation; one model sharing their frozen prefix) when it beats the single "
+                        "winner on validation; 0 = off", metavar="K")
+    tta: str = opt("none", "test-time augmentation baked into the exported model: flip averages the image and its "
+                   "mirror", choices=("none", "flip"))
 
     def objective(self) -> Objective:
         return Objective(self.metric, self.mode)

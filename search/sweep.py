@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 
 from tsweep.errors import SweepConfigError, out_of_range
 from tsweep.search.cache_budget import evict_cache, parse_size
+from tsweep.search.ensemble import check_choices
 from tsweep.search.formats import check_formats
 from tsweep.search.options import OVERRIDE_FLAGS as OVERRIDE_OPTIONS
 from tsweep.search.options import SweepOptions, options_from_dict
@@ -56,6 +57,7 @@ def check_options(opts: SweepOptions) -> None:
     if not 0 <= opts.seed <= 2**31 - 1:
         raise SweepConfigError(f"--seed: {out_of_range('seed', 0, 2**31 - 1, opts.seed)}")
     check_formats(opts.formats)  # unknown formats and missing extras (the pip install that fixes it)
+    check_choices(opts.ensemble, opts.tta)
     if opts.address is None:  # a local Ray has this machine's resources only: a trial that cannot fit waits forever
         check_local_resources(opts.cpus_per_trial, opts.gpus_per_trial)
 
