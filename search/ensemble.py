@@ -149,7 +149,9 @@ def greedy_select(predictions: Sequence[np.ndarray], y: np.ndarray, k: int, metr
 def is_better(selection: Selection, metric: str) -> bool:
     """True when the selection has two or more distinct members and scores strictly better than candidate 0
     alone on validation."""
-    if len(selection.weights) < 2:
-        return False
-    higher = SCORES[metric][1]
-    return selection.score > selection.single if higher else selection.score < selection.single
+    return len(selection.weights) >= 2 and beats(selection.score, selection.single, metric)
+
+
+def beats(score: float, single: float, metric: str) -> bool:
+    """True when `score` is strictly better than `single` for `metric` (a key of SCORES)."""
+    return score > single if SCORES[metric][1] else score < single

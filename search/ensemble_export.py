@@ -65,6 +65,30 @@ def _ms(model: Any, images: np.ndarray) -> float:
     return ms_per_image(KerasRunner(Path("."), model), images)
 
 
+def load_candidates(candidates: list[tuple[dict, Path]], info: dict, progress: Callable[[str], None]
+                    ) -> tuple[dict[int, Any], list, list, list]:
+    """Each candidate's model from its checkpoint and its validation outputs; the dataset at each image size.
+
+    Returns ({image size: Dataset}, models, TrialConfigs, validation outputs), in `candidates` order.
+    """
+    from tsweep.spaces.config import TrialConfig
+    from tsweep.trainers.checkpoint import load_checkpoint
+    from tsweep.trainers.data import load_dataset
+
+    datasets: dict[int, Any] = {}
+    models, configs, outputs = [], [], []
+    for trial, checkpoint in candidates:
+        config = TrialConfig.from_dict(trial["config"], f"trial {trial['trial_id']}")
+        if config.image_size not in datasets:
+            datasets[config.image_size] = load_dataset(image_size=config.image_size, progress=progress, **info["data"])
+        data = datasets[config.image_size]
+        model = load_checkpoint(checkpoint, config, data.num_classes)[0]
+        models.append(model)
+        configs.append(config)
+        outputs.append(model.predict(data.x_val, batch_size=64, verbose=0) if len(data.y_val) else None)
+    return datasets, models, configs, outputs
+
+
 def export_ensemble(root: Path, info: dict, objective: Objective, k: int, tta: str, formats: Sequence[str],
                     progress: Callable[[str], None] = print) -> tuple[Path | None, dict]:
     """Select an ensemble of up to `k` top trials' checkpoints and export it when it beats the single winner.
@@ -72,13 +96,10 @@ def export_ensemble(root: Path, info: dict, objective: Objective, k: int, tta: s
     Returns (the export folder, the summary written to metrics.json "ensemble") when the ensemble is kept,
     else (None, the summary saying why: the caller exports the single winner and records it).
     """
-    from tsweep.search.ensemble import greedy_select, is_better, score_of
+    from tsweep.search.ensemble import as_probabilities, beats, greedy_select, is_better, score_of
     from tsweep.search.ensemble_model import Member, ensemble_model, member_mean
     from tsweep.search.export import best_checkpoint, write_export
     from tsweep.search.formats import PORTABLE_TOLERANCE, ParityError, portable_model
-    from tsweep.spaces.config import TrialConfig
-    from tsweep.trainers.checkpoint import load_checkpoint
-    from tsweep.trainers.data import load_dataset
     from tsweep.trainers.train import TrainResult
 
     name, score, _ = score_of(objective.metric)
@@ -94,22 +115,12 @@ def export_ensemble(root: Path, info: dict, objective: Objective, k: int, tta: s
         summary["reason"] = f"{len(candidates)} trial(s) with a checkpoint: an ensemble needs two or more"
         progress(f"--ensemble {k}: {summary['reason']}; exporting the single winner")
         return None, summary
-    datasets: dict[int, Any] = {}
-    models, configs, val_probs = [], [], []
     progress(f"--ensemble {k}: scoring the best checkpoints of {len(candidates)} top trials on validation")
-    for trial, checkpoint in candidates:
-        config = TrialConfig.from_dict(trial["config"], f"trial {trial['trial_id']}")
-        if config.image_size not in datasets:
-            datasets[config.image_size] = load_dataset(image_size=config.image_size, progress=progress, **info["data"])
-        data = datasets[config.image_size]
-        if not len(data.y_val):
-            summary["reason"] = "the dataset has no validation split to select members on"
-            progress(f"--ensemble {k}: {summary['reason']}; exporting the single winner")
-            return None, summary
-        model = load_checkpoint(checkpoint, config, data.num_classes)[0]
-        models.append(model)
-        configs.append(config)
-        val_probs.append(model.predict(data.x_val, batch_size=64, verbose=0))
+    datasets, models, configs, val_probs = load_candidates(candidates, info, progress)
+    if not len(next(iter(datasets.values())).y_val):
+        summary["reason"] = "the dataset has no validation split to select members on"
+        progress(f"--ensemble {k}: {summary['reason']}; exporting the single winner")
+        return None, summary
     y_val = np.asarray(next(iter(datasets.values())).y_val)
     selection = greedy_select(val_probs, y_val, k, name)
     ids = [t["trial_id"] for t, _ in candidates]
@@ -130,8 +141,7 @@ def export_ensemble(root: Path, info: dict, objective: Objective, k: int, tta: s
         raise ParityError(f"the ensemble model differs from its members' mean by {diff:.3g} (> {PORTABLE_TOLERANCE})"
                           ": nothing was exported")
     figures = _scores(model, data, score, name)
-    if not is_better(type(selection)(selection.picks, (figures["validation"][name],) * len(selection.picks),
-                                     selection.single), name):  # resized members may score otherwise than chosen
+    if not beats(figures["validation"][name], selection.single, name):  # resized members may score otherwise
         summary["reason"] = (f"the exported ensemble's validation {name} {figures['validation'][name]:.4f} is not "
                              f"better than the single winner's {selection.single:.4f}")
         progress(f"--ensemble {k}: {summary['reason']}: keeping the single model")
@@ -143,7 +153,7 @@ def export_ensemble(root: Path, info: dict, objective: Objective, k: int, tta: s
                    members=[{"name": m.name, "trial_id": ids[i], "weight": m.weight,
                              "checkpoint": str(candidates[i][1]), "cutoff": configs[i].cutoff(),
                              "image_size": configs[i].image_size, "backbone": configs[i].backbone,
-                             "validation": {name: score(np.asarray(_prob(val_probs[i])), y_val)}}
+                             "validation": {name: score(as_probabilities(val_probs[i]), y_val)}}
                             for m, i in zip(members, selection.weights)],
                    ms_per_image={"ensemble": _ms(model, timed),
                                  "single": _ms(single, datasets[configs[0].image_size].x_val[:16])})
@@ -159,12 +169,6 @@ def export_ensemble(root: Path, info: dict, objective: Objective, k: int, tta: s
     if tta == "flip":
         result = apply_flip(result, data, metrics, progress)
     return write_export(root, result, data, metrics, info, formats, progress), summary
-
-
-def _prob(outputs: np.ndarray) -> np.ndarray:
-    from tsweep.search.ensemble import as_probabilities
-
-    return as_probabilities(outputs)
 
 
 def apply_flip(result: Any, data: Any, metrics: dict, progress: Callable[[str], None] = print) -> Any:

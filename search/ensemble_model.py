@@ -44,8 +44,12 @@ class Member:
 
 
 def _compile_like(model: Any, units: int) -> None:
+    """Frozen (an export is for inference) and compiled with the loss and accuracy, so `evaluate` works on it;
+    the optimizer built on no variables, so the saved file holds no slots and loads without warnings."""
+    model.trainable = False
     model.compile(loss="binary_crossentropy" if units == 1 else "sparse_categorical_crossentropy",
                   metrics=["accuracy"])
+    model.optimizer.build(model.trainable_variables)
 
 
 def mirror_model(size: int, name: str = "mirror") -> Any:
