@@ -63,7 +63,7 @@ def export_winner(root: str | Path, trial_id: str | None = None, retrain: bool =
             `--formats` (sweep.json), else keras,saved_model. Checked before any data is loaded.
         ensemble: K >= 2: export the ensemble of up to K top trials' checkpoints when it beats the single
             winner on validation (`search.ensemble_export`), else the single winner, saying so; 0: off;
-            default None: the sweep's own `--ensemble`. Ignored with `trial_id`.
+            default None: the sweep's own `--ensemble` (not used with `trial_id`; both given is an error).
         tta: "flip": bake flip test-time augmentation into the exported model; default None: the sweep's.
 
     Returns the export folder.
@@ -82,6 +82,8 @@ def export_winner(root: str | Path, trial_id: str | None = None, retrain: bool =
     formats = check_formats(formats if formats is not None
                             else info.get("options", {}).get("formats") or DEFAULT_FORMATS)
     objective = Objective(info["metric"], info["mode"])
+    if trial_id and ensemble:
+        raise SweepConfigError(f"give --trial or --ensemble, not both: --trial {trial_id} exports that one trial")
     ensemble, tta = _quality_options(info, ensemble, tta)
     note = None
     if ensemble and trial_id is None:

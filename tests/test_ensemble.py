@@ -238,3 +238,14 @@ def test_an_ensemble_that_is_not_better_keeps_the_single_model_and_says_so(sweep
     card = (export / "MODEL_CARD.md").read_text()
     assert "`--ensemble 2` was asked for and not kept" in card and "winner (trial t1)" in card
     assert "ensemble" not in json.loads((export / "config.json").read_text())
+
+
+def test_bad_ensemble_requests_fail_before_any_data_is_read(tmp_path):
+    from tests.fake_sweeps import demo_trials
+    from tsweep.search.export import export_winner
+
+    root = write_fake_sweep(tmp_path / "s", demo_trials(), sweep_info("s", data={"data_dir": str(tmp_path / "gone")}))
+    with pytest.raises(SweepConfigError, match="give --trial or --ensemble, not both"):
+        export_winner(root, trial_id="t1", ensemble=3, progress=lambda _: None)
+    with pytest.raises(SweepConfigError, match=r"`--ensemble` must be 0 \(off\) or in \[2, 64\], got 1"):
+        export_winner(root, ensemble=1, progress=lambda _: None)
