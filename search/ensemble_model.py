@@ -65,11 +65,20 @@ def mirror_model(size: int, name: str = "mirror") -> Any:
     return keras.Model(image, x, name=name)
 
 
+def uncompiled(model: Any, name: str | None = None) -> Any:
+    """A functional model over `model`'s own graph (the same layers) with no optimizer: nested in an export,
+    a compiled model would save its optimizer's slots, which no longer fit once the export is frozen."""
+    import keras
+
+    return keras.Model(model.inputs[0], model.outputs[0], name=name or model.name)
+
+
 def with_flip_tta(model: Any, name: str | None = None) -> Any:
     """The mean of `model` (a portable model, square input) on the image and on its horizontal mirror."""
     import keras
 
     size = int(model.inputs[0].shape[1])
+    model = uncompiled(model)
     image = keras.Input((size, size, 3), name="image")
     outputs = [model(image), model(mirror_model(size)(image))]
     tta = keras.Model(image, keras.layers.Average(name="tta_flip")(outputs), name=name or f"{model.name}_tta")
@@ -126,9 +135,7 @@ def _trunk_outputs(members: Sequence[Member], group: list[int], x: Any, tag: str
 
     owner = members[group[0]]
     if owner.config.cutoff() == 0:  # nothing frozen: the member's whole portable model
-        model = portable_model(owner.model)
-        model.name = owner.name
-        return {group[0]: model(x)}
+        return {group[0]: uncompiled(portable_model(owner.model), owner.name)(x)}
     spec_mode = owner.model.get_layer(PREPROCESS_LAYER).mode
     a = builtin_preprocess(spec_mode, name=f"{tag}_preprocess")(x)
     cutoffs = sorted({members[i].config.cutoff() for i in group})
