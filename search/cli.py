@@ -97,7 +97,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from tsweep.search.export import export_winner
 
     out = export_winner(Path(args.sweep), trial_id=args.trial, retrain=not args.from_trial, progress=log,
-                        formats=args.formats)
+                        formats=args.formats, ensemble=args.ensemble, tta=args.tta)
     log(f"exported to {out}")
     return 0
 
@@ -113,7 +113,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise SweepConfigError("no IMAGE given: `tsweep predict EXPORT IMAGE...` or `tsweep predict --model FILE "
                                "IMAGE...`")
     images = expand_images(inputs)
-    rows, skipped = predict_images(model, images, k=args.top)
+    rows, skipped = predict_images(model, images, k=args.top, tta=args.tta)
     if skipped:  # stderr: stdout stays parseable with --format json|csv
         print(f"tsweep: warning: skipped {len(skipped)} unreadable image(s):\n"
               + "\n".join(f"  {p}: {r}" for p, r in skipped), file=sys.stderr, flush=True)
@@ -201,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--from-trial", action="store_true",
                         help="export the trial's best checkpoint as it is, with no retraining")
     export.add_argument("--formats", help=FORMATS_HELP + " (default: the sweep's --formats)")
+    export.add_argument("--ensemble", type=int, metavar="K", help="the ensemble of up to K top trials' best "
+                        "checkpoints, kept when it beats the single winner on validation; 0 = off (default: the "
+                        "sweep's --ensemble)")
+    export.add_argument("--tta", choices=("none", "flip"), help="flip: bake the mean of the image and its mirror "
+                        "into the model (default: the sweep's --tta)")
     export.set_defaults(func=cmd_export)
 
     predict = sub.add_parser("predict", help="classify images with an export")
@@ -214,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="table for people, json or csv for scripts (default: table)")
     predict.add_argument("--model", metavar="FILE", help="the model file to use, e.g. results/<name>/export/"
                          "model.tflite (labels.json and config.json beside it); then EXPORT is an image too")
+    predict.add_argument("--tta", choices=("none", "flip"), default="none", help="flip: average each image's "
+                         "probabilities with its mirror's (skipped for exports with flip TTA inside; default: none)")
     predict.add_argument("--plot", metavar="FILE.png", help="also write an image of each photo with its top-k bars")
     predict.set_defaults(func=cmd_predict)
 

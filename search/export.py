@@ -52,12 +52,13 @@ def history_of(trial: dict) -> list[dict]:
 
 
 def export_winner(root: str | Path, trial_id: str | None = None, retrain: bool = True,
-                  progress: Callable[[str], None] = print, formats: str | Sequence[str] | None = None) -> Path:
+                  progress: Callable[[str], None] = print, formats: str | Sequence[str] | None = None,
+                  ensemble: int | None = None, tta: str | None = None) -> Path:
     """`export_trial`, with any unexpected failure (a full disk, a TensorFlow error) turned into one clear
     SweepConfigError (`tsweep export` exits 2 with it, no traceback): the sweep's records are only read, and the
     previous export stays as it was. The original exception is its __cause__."""
     try:
-        return export_trial(root, trial_id, retrain, progress, formats)
+        return export_trial(root, trial_id, retrain, progress, formats, ensemble, tta)
     except SweepConfigError:
         raise
     except Exception as e:
@@ -69,7 +70,8 @@ def export_winner(root: str | Path, trial_id: str | None = None, retrain: bool =
 
 
 def export_trial(root: str | Path, trial_id: str | None = None, retrain: bool = True,
-                 progress: Callable[[str], None] = print, formats: str | Sequence[str] | None = None) -> Path:
+                 progress: Callable[[str], None] = print, formats: str | Sequence[str] | None = None,
+                 ensemble: int | None = None, tta: str | None = None) -> Path:
     """Export the chosen trial: retrained on train + validation for its best epoch count, or its checkpoint.
 
     Args:
@@ -82,6 +84,10 @@ def export_trial(root: str | Path, trial_id: str | None = None, retrain: bool = 
         progress: where progress lines go.
         formats: the formats to write, e.g. "keras,saved_model,litert,onnx"; default None: the sweep's own
             `--formats` (sweep.json), else keras,saved_model. Checked before any data is loaded.
+        ensemble: K >= 2: export the ensemble of up to K top trials' checkpoints when it beats the single
+            winner on validation (`search.ensemble_export`), else the single winner, saying so; 0: off;
+            default None: the sweep's own `--ensemble` (not used with `trial_id`; both given is an error).
+        tta: "flip": bake flip test-time augmentation into the exported model; default None: the sweep's.
 
     Returns the export folder.
 
@@ -99,6 +105,16 @@ def export_trial(root: str | Path, trial_id: str | None = None, retrain: bool = 
     formats = check_formats(formats if formats is not None
                             else info.get("options", {}).get("formats") or DEFAULT_FORMATS)
     objective = Objective(info["metric"], info["mode"])
+    if trial_id and ensemble:
+        raise SweepConfigError(f"give --trial or --ensemble, not both: --trial {trial_id} exports that one trial")
+    ensemble, tta = _quality_options(info, ensemble, tta)
+    note = None
+    if ensemble and trial_id is None:
+        from tsweep.search.ensemble_export import export_ensemble
+
+        out, note = export_ensemble(root, info, objective, ensemble, tta, formats, progress)
+        if out is not None:
+            return out
     trial = pick_trial(read_trials(root), objective, trial_id)
     epoch, value = objective.best_epoch(history_of(trial))
     if epoch is None:
@@ -140,7 +156,24 @@ def export_trial(root: str | Path, trial_id: str | None = None, retrain: bool = 
     for split in ("validation", "test"):
         if split in metrics:
             progress(f"  {split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics[split].items()))
+    if note is not None:
+        metrics["ensemble"] = note
+    if tta == "flip":
+        from tsweep.search.ensemble_export import apply_flip
+
+        result = apply_flip(result, data, metrics, progress)
     return write_export(root, result, data, metrics, info, formats, progress)
+
+
+def _quality_options(info: dict, ensemble: int | None, tta: str | None) -> tuple[int, str]:
+    """`--ensemble` and `--tta`: as given, else the sweep's own (sweep.json), else off; validated."""
+    from tsweep.search.ensemble import check_choices
+
+    opts = info.get("options", {})
+    ensemble = int(opts.get("ensemble", 0) if ensemble is None else ensemble)
+    tta = str(opts.get("tta", "none") if tta is None else tta)
+    check_choices(ensemble, tta)
+    return ensemble, tta
 
 
 def retrain_winner(config: Any, epochs: int, data: Any, info: dict, progress: Callable[[str], None]) -> Any:

@@ -151,11 +151,17 @@ def portable_model(model: Any, check_images: np.ndarray | None = None) -> Any:
         check_images: raw RGB pixels (N, S, S, 3); when given, the two models' probabilities must agree
             within PORTABLE_TOLERANCE on them.
 
+    A model that already holds Keras's own layers only (an ensemble or a TTA model of
+    `search.ensemble_model`) is returned as it is.
+
     Raises:
         ValueError: `model` is not a build_model chain.
         ParityError: the two models do not agree.
     """
     import keras
+
+    if is_portable(model):
+        return model
 
     from tsweep.trainers.layers import Preprocess, builtin_preprocess
     from tsweep.trainers.model import BACKBONE_LAYER
@@ -185,6 +191,17 @@ def portable_model(model: Any, check_images: np.ndarray | None = None) -> Any:
             raise ParityError(f"the portable model differs from the trained one by {diff:.3g} in probability "
                                f"(> {PORTABLE_TOLERANCE}): nothing was exported")
     return portable
+
+
+def is_portable(model: Any) -> bool:
+    """True when no layer of `model` (nested models included) is one of tsweep's own."""
+    layers = list(getattr(model, "layers", []))
+    while layers:
+        layer = layers.pop()
+        if type(layer).__module__.startswith("tsweep"):
+            return False
+        layers += list(getattr(layer, "layers", []))
+    return True
 
 
 # --- writers ---------------------------------------------------------------------------------------------------

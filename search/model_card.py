@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from tsweep.search import ensemble_card
 from tsweep.search.formats import FORMATS
 
 # What Markdown would read as markup in a class name (tables, emphasis, code, HTML, links, headings): each is
@@ -34,6 +35,8 @@ def _metric_lines(metrics: dict) -> list[str]:
 
 
 def _how_trained(metrics: dict) -> str:
+    if ensemble_card.kept(metrics):
+        return ensemble_card.how_trained(metrics)
     if not metrics.get("retrained", True):
         return (f"exported from its trial's best checkpoint (epoch {metrics.get('kept_epoch')}), as it is, "
                 "with no retraining")
@@ -46,12 +49,9 @@ def model_card(result: Any, data: Any, metrics: dict, info: dict) -> str:
     """The markdown text of the model card (a pure function of what the export wrote)."""
     names = list(metrics.get("parity", {}).get("formats") or ("keras", "saved_model"))
     config = result.config.to_dict()
-    # tsweep's own values (names, numbers, a weights path): only what would break the table is escaped
-    rows = "\n".join(f"| `{k}` | {' '.join(str(v).splitlines()).replace('|', chr(92) + '|')} |"
-                     for k, v in config.items())
     classes = [md_text(c) for c in data.class_names]
     size = config["image_size"]
-    return f"""# Model card: {info.get('name', 'tsweep sweep')} winner (trial {metrics['trial_id']})
+    return f"""# Model card: {info.get('name', 'tsweep sweep')} {ensemble_card.what(metrics)}
 
 Transfer model found by a transfer-sweep (`tsweep`) hyperparameter sweep, {_how_trained(metrics)}.
 
@@ -63,12 +63,12 @@ Transfer model found by a transfer-sweep (`tsweep`) hyperparameter sweep, {_how_
 ## Metrics
 {chr(10).join(_metric_lines(metrics))}
 
+{ensemble_card.ensemble_section(metrics)}
+{ensemble_card.tta_section(metrics)}
 {_formats_section(metrics)}
 
 ## Configuration
-| key | value |
-|---|---|
-{rows}
+{ensemble_card.config_rows(config)}
 
 ## Use
 The model takes raw RGB pixels (0-255, float32) of shape ({size}, {size}, 3), batched; resizing is up to you

@@ -99,6 +99,11 @@ class SweepOptions:
     # --- what transfer gained ----------------------------------------------------------------------------
     baseline: bool = opt(False, "add one trial of small_cnn trained from scratch with the sweep's epoch budget "
                          "(spared by ASHA), to show what transfer gained over it")
+    ensemble: int = opt(0, "export the ensemble of up to K top trials' best checkpoints (greedy selection with "
+                        "replacement on validation; one model sharing their frozen prefix) when it beats the single "
+                        "winner on validation; 0 = off", metavar="K")
+    tta: str = opt("none", "test-time augmentation baked into the exported model: flip averages the image and its "
+                   "mirror", choices=("none", "flip"))
 
     def objective(self) -> Objective:
         return Objective(self.metric, self.mode)

@@ -126,8 +126,19 @@ def expand_images(inputs: Sequence[str | Path]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
+def baked_tta(path: str | Path) -> str:
+    """The test-time augmentation inside an export ("flip" or "none"), from the config.json of the export
+    folder `path` or of a model file's folder."""
+    path = Path(path)
+    config = (path if path.is_dir() and not (path / "saved_model.pb").is_file() else path.parent) / "config.json"
+    try:
+        return str(json.loads(config.read_text()).get("tta", "none"))
+    except (OSError, ValueError, AttributeError):
+        return "none"
+
+
 def predict_images(export_dir: str | Path, images: Sequence[str | Path], k: int = 3, batch_size: int = 64,
-                   ) -> tuple[list[tuple[str, list]], list[tuple[str, str]]]:
+                   tta: str = "none") -> tuple[list[tuple[str, list]], list[tuple[str, str]]]:
     """Classify image files with an export, skipping unreadable ones.
 
     Args:
@@ -136,13 +147,18 @@ def predict_images(export_dir: str | Path, images: Sequence[str | Path], k: int 
         images: image files (see `expand_images` for folders and globs).
         k: classes kept per image, most probable first; default 3.
         batch_size: images decoded and predicted at a time (bounds memory on big folders); default 64.
+        tta: "flip": average each image's outputs with its horizontal mirror's (twice the compute); skipped
+            for an export with flip TTA inside already. Default "none".
 
     Returns:
         ([(image path, [(class, probability), ...]), ...] in input order, [(path, reason), ...] skipped).
     """
     from tsweep.trainers.images import BadImageError, decode_image
 
+    if tta not in ("none", "flip"):
+        raise SweepConfigError(f"`--tta` must be none or flip, got {tta!r}")
     model, classes, size = open_export(export_dir)
+    flip = tta == "flip" and baked_tta(export_dir) != "flip"  # a flip-averaged model is mirror-symmetric already
     rows: list[tuple[str, list]] = []
     skipped: list[tuple[str, str]] = []
     batch_size = max(1, min(batch_size, len(images)))
@@ -161,6 +177,8 @@ def predict_images(export_dir: str | Path, images: Sequence[str | Path], k: int 
             batch = np.zeros((batch_size, size, size, 3), dtype="float32")
             batch[:len(arrays)] = np.stack(arrays)
             outputs = np.asarray(model.predict_batch(batch))[:len(arrays)]
+            if flip:
+                outputs = (outputs + np.asarray(model.predict_batch(batch[:, :, ::-1].copy()))[:len(arrays)]) / 2
             rows += zip(paths, top_k(probabilities(outputs, len(classes)), classes, k))
     return rows, skipped
 

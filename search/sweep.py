@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 from tsweep.errors import SweepConfigError, out_of_range
 from tsweep.files import check_folder, join_location
 from tsweep.search.cache_budget import evict_cache, parse_size
+from tsweep.search.ensemble import check_choices
 from tsweep.search.formats import check_formats
 from tsweep.search.options import OVERRIDE_FLAGS as OVERRIDE_OPTIONS
 from tsweep.search.options import SweepOptions
@@ -71,6 +72,7 @@ def check_options(opts: SweepOptions) -> None:
     for flag, folder in (("--results-dir", opts.results_dir), ("--cache-dir", opts.cache_dir)):
         check_folder(flag, folder)
     check_storage(opts.storage)  # a local folder, or a URI pyarrow can open (with credentials set up)
+    check_choices(opts.ensemble, opts.tta)
     if opts.address is None:  # a local Ray has this machine's resources only: a trial that cannot fit waits forever
         check_local_resources(opts.cpus_per_trial, opts.gpus_per_trial)
         check_local_auth()  # a local Ray listens on loopback with token auth (search.ray_connect)

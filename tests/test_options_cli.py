@@ -25,7 +25,8 @@ def test_every_field_has_a_flag_that_changes_it():
                "metric": "val_loss", "mode": "min", "grace_period": 2, "reduction_factor": 4,
                "cpus_per_trial": 0.5, "gpus_per_trial": 0.25, "address": "auto", "max_failures": 1,
                "cache_memory": "4GB", "cache_disk": "9GB", "val_fraction": 0.3, "seed": 7, "cache_dir": "/c",
-               "formats": "keras,onnx", "search": "tpe", "time_budget": "20m", "warm_start": ["a", "b"]}
+               "formats": "keras,onnx", "search": "tpe", "time_budget": "20m", "warm_start": ["a", "b"],
+               "ensemble": 3, "tta": "flip"}
     argv = ["--data", "d"]
     for key, value in changed.items():
         argv += ["--" + key.replace("_", "-"), *(value if isinstance(value, list) else [str(value)])]
