@@ -132,4 +132,4 @@ def test_cli_refuses_an_incompatible_warm_start_before_any_trial(tmp_path, capsy
                  "--results-dir", str(results), "--name", "new", "--cache-dir", str(cache_dir)])
     err = capsys.readouterr().err
     assert code == 2 and "it optimised val_loss (min), this sweep optimises val_accuracy (max)" in err, err
-    assert not (results / "new").exists()  # no sweep folder, no trial
+    assert not list((results / "new").glob("trials/*.json"))  # no trial ran (the claimed folder may stay, rerunnable)
