@@ -35,6 +35,7 @@ class TsweepOptunaSearch(OptunaSearch):
         self._root = str(root) if root is not None else None
         self._best: dict[str, float] = {}  # trial id -> best metric value so far
         self._synced = True  # a new sweep has no records yet; `restore` turns this off
+        self._snapshot: list[dict] = []  # finished records read at a resume's start (`remember_records`)
 
     # -- Ray Tune events ----------------------------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict | None:
@@ -59,7 +60,11 @@ class TsweepOptunaSearch(OptunaSearch):
         self._tell(trial_id, config_of(result or {}), self._best.pop(trial_id, None), failed)
 
     def restore(self, checkpoint_path: str) -> None:
+        # Ray's restore replaces __dict__ with the state saved before the driver stopped; the folder and record
+        # snapshot `remember_records` set for this resume must outlive it.
+        root, snapshot = self._root, getattr(self, "_snapshot", [])
         super().restore(checkpoint_path)
+        self._root, self._snapshot = root, snapshot
         self.mark_restored()
 
     def __setstate__(self, state: dict) -> None:
@@ -72,20 +77,28 @@ class TsweepOptunaSearch(OptunaSearch):
         """The records will be read before the next suggestion (what ended after the saved state is there)."""
         self._synced = self._root is None
 
+    def remember_records(self, root: Path) -> None:
+        """Point the searcher at `root` and read its finished trials now, before the resumed sweep runs: Ray
+        re-runs a trial its last saved state had as running, and the recorder then marks that trial's record
+        running again, so by the first suggestion the record may no longer say that the trial had finished."""
+        self._root = str(root)
+        self._snapshot = finished_records(root)
+        self.mark_restored()
+
     def sync_records(self) -> int:
-        """Tell the study every finished trial of the sweep's records it does not know yet; returns how many."""
+        """Tell the study every finished trial of the sweep's records (and of the snapshot `remember_records`
+        took) it does not know yet; returns how many."""
         self._synced = True
         if self._root is None:
             return 0
+        records = {r["trial_id"]: r for r in finished_records(Path(self._root))}
+        for record in getattr(self, "_snapshot", []):
+            records.setdefault(record["trial_id"], record)
+        self._snapshot = []
         objective = Objective(self._metric, self._mode)
         told = 0
-        for path in sorted((Path(self._root) / "trials").glob("*.json")):
-            try:
-                record = json.loads(path.read_text())
-            except (OSError, ValueError):  # half-written when a driver was killed: that trial runs again
-                continue
-            trial_id = record.get("trial_id")
-            if record.get("status") not in FINISHED or trial_id in self._completed_trials:
+        for trial_id, record in sorted(records.items()):
+            if trial_id in self._completed_trials:
                 continue
             value = objective.best_epoch(record.get("history") or [])[1]
             told += self._tell(trial_id, record.get("config") or {}, value, record["status"] == "failed")
@@ -114,6 +127,19 @@ class TsweepOptunaSearch(OptunaSearch):
             return 0
         self._completed_trials.add(trial_id)
         return 1
+
+
+def finished_records(root: Path) -> list[dict]:
+    """The records under `root`/trials whose status is one the searcher learns from."""
+    records = []
+    for path in sorted((Path(root) / "trials").glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):  # half-written when a driver was killed: that trial runs again
+            continue
+        if record.get("status") in FINISHED and record.get("trial_id"):
+            records.append(record)
+    return records
 
 
 def config_of(result: dict) -> dict:

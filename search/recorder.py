@@ -32,10 +32,14 @@ class SweepRecorder(Callback):
         budget: the sweep's `budget.TimeBudget` (progress lines show the time left), default None.
         baseline: the config of the sweep's from-scratch baseline trial (`--baseline`), whose record is marked
             ``"baseline": true``; default None.
+        resumed: this driver continues an interrupted sweep (`tsweep resume`): at its first step, records of
+            running trials that Ray's restored state does not hold are marked lost (`mark_lost`). Default False.
     """
 
     def __init__(self, root: Path, objective: Objective, total: int, printer: Callable[[str], None] = print,
-                 interval: float = 10.0, budget: Any = None, baseline: dict | None = None) -> None:
+                 interval: float = 10.0, budget: Any = None, baseline: dict | None = None,
+                 resumed: bool = False) -> None:
+        self.resumed = resumed
         self.root = root
         self.objective = objective
         self.total = total
@@ -48,6 +52,34 @@ class SweepRecorder(Callback):
         self.baseline = baseline
 
     # -- Ray Tune events --------------------------------------------------------------------------------
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if self.resumed:  # once: the restored trials are all there before the first step
+            self.resumed = False
+            self.mark_lost({t.trial_id for t in trials})
+
+    def mark_lost(self, known: set[str]) -> list[str]:
+        """Mark stopped, saying why, the records of running trials Ray does not hold (`known`: its trial ids):
+        trials started after Ray last saved its state, before the driver was killed. Ray cannot continue them
+        (it starts new trials instead), so they would stay "running" forever. Returns their ids."""
+        lost = []
+        for path in sorted((self.root / "trials").glob("*.json")):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if record.get("status") != "running" or record.get("trial_id") in known:
+                continue
+            record.update(status="stopped", note="lost: started after Ray last saved the sweep's state, before the "
+                          "driver stopped, so `tsweep resume` could not continue it (its epochs so far are kept)")
+            record["ended"] = time.time()  # wall_s stays the time it ran, not the time the driver was away
+            self.records[record["trial_id"]] = record
+            self._save(record)
+            lost.append(record["trial_id"])
+        if lost:
+            self.printer(f"{len(lost)} trial(s) started after Ray last saved the sweep's state cannot continue and are "
+                         f"marked stopped: {', '.join(lost)}; Ray starts new trials in their place")
+        return lost
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self._record(trial)
         if record is None:

@@ -245,7 +245,7 @@ def use_folder(tuner: Any, root: Path, objective: Objective, opts: Any, progress
         budget.root = str(root)
     searcher = getattr(getattr(local, "_tune_config", None), "search_alg", None)
     searcher = getattr(searcher, "searcher", searcher)  # a ConcurrencyLimiter or SearchGenerator wraps it
-    if hasattr(searcher, "_root") and searcher._root is not None:
-        searcher._root = str(root)
-    recorder = SweepRecorder(root, objective, total=opts.trial_limit(), printer=progress, budget=budget)
+    if hasattr(searcher, "remember_records") and searcher._root is not None:
+        searcher.remember_records(root)
+    recorder = SweepRecorder(root, objective, total=opts.trial_limit(), printer=progress, budget=budget, resumed=True)
     run_config.callbacks = [c for c in (run_config.callbacks or []) if not isinstance(c, SweepRecorder)] + [recorder]

@@ -62,3 +62,25 @@ def test_restart_replaces_epochs_from_the_checkpoint_on(tmp_path):
     assert [h["epoch"] for h in record["history"]] == [1, 2, 3, 4] and record["history"][2]["val_accuracy"] == 0.9
     assert record["resumed_from"] == [2] and record["nodes"] == ["n1", "n2", "n1"] and record["restarts"] == 1
     assert record["status"] == "completed"
+
+
+def test_a_resumed_driver_marks_trials_ray_never_saved_as_lost(tmp_path):
+    """The killed driver had started `late` after Ray last saved its state: the resumed Ray does not know it, so
+    it can never continue; its record must not stay "running". A finished record of an unknown trial stays."""
+    first = SweepRecorder(tmp_path, Objective(), total=3, printer=lambda line: None)
+    kept, late, done = (fake_trial(tmp_path, t, epochs=1) for t in ("kept", "late", "done"))
+    for trial in (kept, late, done):
+        first.on_trial_start(0, [], trial)
+        run_epochs(first, trial, 1)
+    first.on_trial_complete(0, [], done)
+    lines = []
+    resumed = SweepRecorder(tmp_path, Objective(), total=3, printer=lines.append, resumed=True)
+    resumed.on_step_begin(0, [kept])
+    resumed.on_step_begin(1, [kept])  # once only
+    records = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "trials").glob("*.json")}
+    assert {k: r["status"] for k, r in records.items()} == {"kept": "running", "late": "stopped", "done": "completed"}
+    assert records["late"]["note"].startswith("lost") and len(records["late"]["history"]) == 1
+    assert sum("late" in line for line in lines) == 1
+    fresh = SweepRecorder(tmp_path / "new", Objective(), total=1, printer=lambda line: None)
+    fresh.on_step_begin(0, [])  # a new sweep has nothing to mark
+    assert not (tmp_path / "new" / "trials").exists()

@@ -29,10 +29,6 @@ def wait_for_experiment_state(root: Path, timeout: float) -> None:
 
 
 @pytest.mark.slow
-# Known gap after merging resume-in-place (issue 15) with searcher restore (issue 11): the resumed searcher now
-# knows 2 of the 3 finished trials, not all; it passed on the search branch alone. Open in issue 11's note.
-@pytest.mark.xfail(reason="resumed TPE searcher misses a finished trial since resume re-points its folder; "
-                          "issue 11", strict=False)
 def test_resumed_tpe_searcher_knows_every_finished_trial(tmp_path, monkeypatch):
     import ray
 
@@ -73,14 +69,20 @@ def test_resumed_tpe_searcher_knows_every_finished_trial(tmp_path, monkeypatch):
     try:
         with TrialGate(lambda gate, trial_id, epoch: False) as gate:
             use_fake_trainable(monkeypatch, gate.path)
-            resume_tuner(SweepOptions(data="unused"), {}, str(root), root=root, objective=Objective())
+            results = resume_tuner(SweepOptions(data="unused"), {}, str(root), root=root, objective=Objective())
     finally:
         ray.shutdown()
     assert seen, "the resumed sweep suggested no config"
     first_id, known, in_study = seen[0]
     assert first_id not in before and finished <= known, (finished, known)
     assert in_study >= len(finished) + 1
-    after = read_trials(root)
-    assert len(after) == 8 and all(r["status"] == "completed" for r in after), [r["status"] for r in after]
-    assert {r["trial_id"] for r in after} <= seen[-1][1] | {t for t, _, _ in seen}
-    assert Objective().metric in after[0]["history"][-1]
+    after = {r["trial_id"]: r for r in read_trials(root)}
+    ray_trials = {r.metrics["trial_id"] for r in results}
+    assert len(ray_trials) == 8 and all(after[t]["status"] == "completed" for t in ray_trials), after
+    # Trials started after Ray's last saved state (how many depends on when Ray saved it) cannot continue: their
+    # records say so instead of staying "running"; the completed ones stay completed.
+    for trial_id in set(after) - ray_trials:
+        assert after[trial_id]["status"] == "completed" or (
+            after[trial_id]["status"] == "stopped" and after[trial_id]["note"].startswith("lost")), after[trial_id]
+    assert set(after) <= seen[-1][1] | {t for t, _, _ in seen}
+    assert Objective().metric in after[first_id]["history"][-1]

@@ -11,9 +11,11 @@ import pytest
 from tests.fake_sweeps import record, write_fake_sweep
 from tests.fake_trainable import fixed_space
 from tsweep.errors import SweepConfigError
+from tsweep.files import atomic_write_json
 from tsweep.search.cli import build_parser
 from tsweep.search.objective import Objective
 from tsweep.search.options import SweepOptions, options_from_args, options_from_dict
+from tsweep.search.records import trial_path
 from tsweep.search.searchers import make_searcher, optuna_space, resolve_search
 from tsweep.search.sweep import check_options
 
@@ -151,3 +153,27 @@ def test_a_restored_searcher_learns_every_finished_trial_from_the_records(tmp_pa
     fresh = pickle.loads(pickle.dumps(make_searcher("tpe", fixed_space(**SPACE), Objective(), 0, root=root)[0]))
     fresh.on_trial_complete("zz", {"val_accuracy": 0.4, **{f"config/{k}": v for k, v in configs[1].items()}})
     assert "t4" in restored.known_trials() and "zz" in fresh.known_trials()
+
+
+def test_a_resumed_searcher_keeps_what_the_records_said_before_ray_reran_a_trial(tmp_path):
+    """Ray's saved state had t1 running when the driver died, though it had finished (its record says so). On
+    resume Ray runs t1 again and the recorder marks its record running before the first suggestion; Ray's
+    restore also puts back the folder the state was saved with. The searcher still learns t1, and keeps the
+    folder it was pointed at (a moved sweep)."""
+    old, moved = tmp_path / "old", tmp_path / "moved"
+    searcher, _ = make_searcher("tpe", fixed_space(**SPACE), Objective(), seed=0, root=old)
+    configs = _suggest(searcher, 3)
+    searcher.on_trial_complete("t0", {"val_accuracy": 0.5})
+    state = tmp_path / "searcher-state.pkl"
+    searcher.save(str(state))  # what Ray checkpointed: t0 done, t1 and t2 running
+    write_fake_sweep(moved, [record("t0", "completed", [0.5], budget=2, **configs[0]),
+                             record("t1", "completed", [0.6, 0.7], budget=2, **configs[1]),
+                             record("t2", "running", [0.1], budget=2, **configs[2])])
+
+    resumed = pickle.loads(pickle.dumps(searcher))  # tuner.pkl
+    resumed.remember_records(moved)  # use_folder, before tuner.fit()
+    resumed.restore(str(state))  # Ray's restore inside fit()
+    atomic_write_json(trial_path(moved, "t1"), record("t1", "running", [], budget=2, **configs[1]))  # the recorder
+    resumed.suggest("t3")
+    assert resumed.known_trials() == {"t0", "t1"}
+    assert resumed._root == str(moved)
