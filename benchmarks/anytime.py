@@ -33,8 +33,9 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+from _common import dataset_dir  # noqa: E402
 from _report import machine  # noqa: E402
-from sweep_speed import DEFAULT_WEIGHTS, SHARED, prefixed, say, write_space  # noqa: E402
+from sweep_speed import DEFAULT_WEIGHTS, prefixed, say, write_space  # noqa: E402
 
 METHODS = ("random", "tpe", "naive", "hyperband")  # random and tpe are tsweep's --search
 FRACTIONS = (0.25, 0.5, 1.0)
@@ -76,9 +77,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def dataset_dir(name: str) -> Path:
-    path = Path(name.strip()).expanduser()
-    return (path if path.is_dir() or "/" in name else SHARED / "datasets" / name.strip()).resolve()
 
 
 def run_one(method: str, seed: int, data: Path, space_file: Path, work: Path, args: argparse.Namespace,

@@ -38,8 +38,12 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-DEFAULT_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top.h5"
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # the _*.py helpers beside this script, also when it is imported from elsewhere
+    sys.path.insert(0, str(HERE))
+
+from _common import DEFAULT_WEIGHTS, dataset_dir, say  # noqa: E402
+
 IMBALANCED = "flowers12-imbalanced"
 
 
@@ -71,13 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def say(msg: str) -> None:
-    print(msg, flush=True)
 
 
-def dataset_dir(name: str) -> Path:
-    path = Path(name).expanduser()
-    return path if path.is_dir() else SHARED / "datasets" / name
 
 
 def halve_val(source: Path, out: Path, seed: int = 0) -> Path:
@@ -242,6 +241,15 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict] = []
     notes: list[str] = []
     started = time.perf_counter()
+
+    def write_json(summary: list[dict]) -> None:
+        # Written after every sweep too, so a run stopped part-way keeps what it measured.
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs,
+                                             "summary": summary, "notes": notes, "load": list(os.getloadavg()),
+                                             "wall_s": round(time.perf_counter() - started, 1)}, indent=1))
+
     try:
         for dataset in args.datasets:
             source = dataset_dir(dataset)
@@ -253,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             for seed in range(args.seeds):
                 say(f"{source.name} seed {seed}: a sweep of {args.trials} trials x {args.max_epochs} epochs")
                 runs += quality_runs(args, dataset, data, seed, results)
+                write_json(summarise(runs))
         if args.class_weight:
             if not space_knows("class_weight"):
                 notes.append("skipped --class-weight: this tsweep's configs have no `class_weight` key yet")
@@ -263,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 for seed in range(args.seeds):
                     runs += class_weight_runs(args, seed, results)
+                    write_json(summarise(runs))
     finally:
         shutil.rmtree(work, ignore_errors=True)  # the halved copies (symlinks), and the sweeps without --results-dir
     summary = summarise(runs)
@@ -270,10 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     for note in notes:
         say(f"note: {note}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs,
-                                         "summary": summary, "notes": notes, "load": list(os.getloadavg()),
-                                         "wall_s": round(time.perf_counter() - started, 1)}, indent=1))
+        write_json(summary)
         say(f"wrote {args.json}")
     return 0
 

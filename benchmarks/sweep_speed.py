@@ -32,12 +32,11 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # _naive.py, _hyperband.py and _report.py, also when imported from elsewhere
     sys.path.insert(0, str(HERE))
 
+from _common import DEFAULT_WEIGHTS, SHARED, say  # noqa: E402,F401 (anytime.py imports them from here)
 from _report import RUNS, figures, machine, overhead, steps_and_tracing, table, views_used  # noqa: E402
 from _scale import scaling  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 DEFAULT_DATA = SHARED / "datasets" / "hymenoptera"
-DEFAULT_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top.h5"
 FULL, QUICK = (24, 12, 160), (6, 4, 96)  # trials, max epochs, image size
 
 
@@ -80,10 +79,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if min(args.trials, args.max_epochs) < 1 or args.image_size < 32:
         p.error("--trials and --max-epochs must be >= 1, --image-size >= 32")
     return args
-
-
-def say(msg: str) -> None:
-    print(msg, flush=True)
 
 
 def prefixed(tag: str) -> Callable[[str], None]:

@@ -33,8 +33,12 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-DEFAULT_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top.h5"
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # the _*.py helpers beside this script, also when it is imported from elsewhere
+    sys.path.insert(0, str(HERE))
+
+from _common import DEFAULT_WEIGHTS, dataset_dir, say  # noqa: E402
+
 CONFIGS = {
     "A": {"freeze_cutoff": 17, "head_size": 64, "dropout": 0.3, "optimizer": "adam", "learning_rate": 1e-3,
           "augmentation": "light"},
@@ -83,13 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def say(msg: str) -> None:
-    print(msg, flush=True)
 
 
-def dataset_dir(name: str) -> Path:
-    path = Path(name).expanduser()
-    return path if path.is_dir() else SHARED / "datasets" / name
 
 
 def machine() -> dict:
