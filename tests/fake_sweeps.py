@@ -29,6 +29,14 @@ PARAMS = {"backbone": {"kind": "fixed", "values": ["mobilenet_v2"]}, "head_size"
           "learning_rate": {"kind": "loguniform", "values": [1e-6, 1e-2]}}
 
 
+
+def tiny_space_yaml(description: str, **changes: Any) -> str:
+    """TINY as a space file's text (one config), with `changes` (e.g. learning_rate={"choice": [3e-3, 1e-3]})."""
+    import yaml
+
+    return yaml.safe_dump({"description": description, **TINY, **changes}, sort_keys=False)
+
+
 def record(trial_id: str, status: str, accs: list[float], budget: int = 4, **config: Any) -> dict:
     """A trial record as SweepRecorder writes it, with made-up per-epoch metrics."""
     history = [{"epoch": i + 1, "phase": "warmup" if i == 0 else "finetune", "loss": 1.2 - a, "accuracy": a,

@@ -7,24 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.fake_sweeps import tiny_space_yaml
 from tsweep.search import cli
 
-SPACE = """
-description: tiny
-backbone: mobilenet_v2
-alpha: 0.35
-weights: none
-image_size: 32
-batch_size: 16
-epochs: 2
-warmup_epochs: 1
-head_size: 0
-dropout: 0.1
-freeze_cutoff: 17
-optimizer: adam
-learning_rate: 3.0e-3
-augmentation: none
-"""
+SPACE = tiny_space_yaml("tiny")
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tests.fake_sweeps import record, write_fake_sweep
+from tests.fake_sweeps import record, tiny_space_yaml, write_fake_sweep
 from tsweep.search.baseline import baseline_config, gain_sentence, is_baseline, param_space, transfer_gain
 from tsweep.search.leaderboard import leaderboard_rows
 from tsweep.search.objective import Objective
@@ -167,19 +167,8 @@ def test_baseline_asha_spares_the_baseline_and_keeps_it_out_of_the_rungs():
     assert "base" not in scheduler._trial_info
 
 
-SPACE = """
-description: baseline test - tiny MobileNetV2, random init
-backbone: mobilenet_v2
-alpha: 0.35
-weights: none
-image_size: 32
-batch_size: 16
-epochs: 2
-warmup_epochs: 0
-freeze_cutoff: 17
-head_size: 0
-learning_rate: {choice: [3.0e-3, 1.0e-3]}
-"""
+SPACE = tiny_space_yaml("baseline test - tiny MobileNetV2, random init", warmup_epochs=0,
+                        learning_rate={"choice": [3.0e-3, 1.0e-3]})
 
 
 @pytest.mark.slow

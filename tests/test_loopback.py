@@ -13,26 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.fake_sweeps import TrialGate
+from tests.fake_sweeps import TrialGate, tiny_space_yaml
 
 pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads listening sockets from /proc")
 
-SPACE = """
-description: one tiny trial, held after its first epoch
-backbone: mobilenet_v2
-alpha: 0.35
-weights: none
-image_size: 32
-batch_size: 16
-epochs: 2
-warmup_epochs: 1
-head_size: 0
-dropout: 0.1
-freeze_cutoff: 17
-optimizer: adam
-learning_rate: 3.0e-3
-augmentation: none
-"""
+SPACE = tiny_space_yaml("one tiny trial, held after its first epoch")
 
 
 def descendants(pid: int) -> list[int]:
