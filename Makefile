@@ -16,8 +16,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## a small ASHA sweep on generated images, its leaderboard, the exported winner, predictions
 	$(BIN)/tsweep demo
 
+# Two test processes (pytest-xdist): most tests are small models whose time goes to single-threaded Python and
+# tracing, so two share two cores well. More processes than cores only adds memory; override with WORKERS=N.
+WORKERS ?= 2
+
 test: $(STAMP) lint  ## the default suite: unit tests plus one real small sweep (slow-marked tests skipped)
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q -n $(WORKERS)
 
 test-slow: $(STAMP)  ## only the slow tests: multi-node clusters, killed nodes and drivers, worker reuse, real data
 	$(BIN)/python -m pytest -m slow -q
@@ -25,7 +29,7 @@ test-slow: $(STAMP)  ## only the slow tests: multi-node clusters, killed nodes a
 # TensorFlow runs oneDNN kernels by default on Intel CPUs with AVX-512 VNNI (not on AMD): their NaN handling and
 # rounding differ, so the numerically sensitive tests run under both kernel families.
 test-onednn: $(STAMP)  ## the numerics-marked tests again with oneDNN kernels (TF_ENABLE_ONEDNN_OPTS=1)
-	TF_ENABLE_ONEDNN_OPTS=1 $(BIN)/python -m pytest -m "numerics and not slow" -q
+	TF_ENABLE_ONEDNN_OPTS=1 $(BIN)/python -m pytest -m "numerics and not slow" -q -n $(WORKERS)
 
 test-all: $(STAMP) lint  ## everything, including the slow sweeps on ../shared data
 	$(BIN)/python -m pytest -q
