@@ -36,6 +36,7 @@ def make_trainable(data_options: dict[str, Any], mixed_precision: bool = False,
 
         from tsweep.search.failures import NodeFault, classify, kept_checkpoints, resume_chain
         from tsweep.trainers.checkpoint import checkpoint_epoch, save_checkpoint
+        from tsweep.trainers.pretrained import reuse_backbones
         from tsweep.trainers.runtime import configure_tensorflow, fresh_session
 
         fresh_session()
@@ -71,7 +72,8 @@ def make_trainable(data_options: dict[str, Any], mixed_precision: bool = False,
         try:
             configure_tensorflow(assigned.get("CPU"), gpu_fraction=assigned.get("GPU", 0.0),
                                  mixed_precision=mixed_precision)
-            resume_chain(kept_checkpoints(tune.get_checkpoint()), run, notes.append)
+            with reuse_backbones():  # one trial at a time in this worker: its next trial reuses the backbone
+                resume_chain(kept_checkpoints(tune.get_checkpoint()), run, notes.append)
         except Exception as e:  # one place decides (search.failures): retried by Ray, or failed at once
             failure = classify(e)
             if failure.retried:

@@ -232,3 +232,49 @@ def test_a_weights_file_is_read_once_per_process_until_it_changes(tmp_path, monk
     os.utime(path, ns=(1, 1))
     third = build_backbone("mobilenet_v2", 32, weights=str(path), alpha=0.35)
     assert len(reads) == 2 and not np.allclose(first_kernel(third), first_kernel(first))
+
+
+def test_a_reused_worker_hands_out_one_backbone_with_its_pretrained_weights_back(tmp_path):
+    """Within reuse_backbones (a Ray trial), the next build of the same backbone and weights file is the same
+    object, its weights put back to the file's after the previous trial fine-tuned them; outside, and for
+    random init, every build is new."""
+    from tsweep.trainers.pretrained import reuse_backbones
+
+    path = tmp_path / "tiny.weights.h5"
+    build_backbone("mobilenet_v2", 32, weights="none", alpha=0.35).save_weights(path)
+    pretrained = build_backbone("mobilenet_v2", 32, weights=str(path), alpha=0.35).get_weights()
+    with reuse_backbones():
+        first = build_backbone("mobilenet_v2", 32, weights=str(path), alpha=0.35)
+        first.set_weights([w + 1.0 for w in first.get_weights()])  # the trial trained it
+        second = build_backbone("mobilenet_v2", 32, weights=str(path), alpha=0.35)
+        assert second is first
+        for got, want in zip(second.get_weights(), pretrained):
+            np.testing.assert_array_equal(got, want)
+        assert build_backbone("mobilenet_v2", 32, weights="none", alpha=0.35) is not first
+        assert build_backbone("mobilenet_v2", 48, weights=str(path), alpha=0.35) is not first
+    assert build_backbone("mobilenet_v2", 32, weights=str(path), alpha=0.35) is not first
+
+
+def test_a_model_of_a_reused_backbone_trains_like_a_new_one(tmp_path, shapes_dir, cache_dir):
+    """Two trials of one config in a reused worker (the second on the first's backbone, after the first
+    fine-tuned it) give the same history as that config in a new process would: nothing carries over."""
+    from tsweep.spaces.config import TrialConfig
+    from tsweep.trainers.data import load_dataset
+    from tsweep.trainers.pretrained import reuse_backbones
+    from tsweep.trainers.runtime import fresh_session
+    from tsweep.trainers.train import train
+
+    path = tmp_path / "tiny.weights.h5"
+    build_backbone("mobilenet_v2", 32, weights="none", alpha=0.35).save_weights(path)
+    data = load_dataset(shapes_dir, image_size=32, cache_dir=cache_dir)
+    cfg = TrialConfig(backbone="mobilenet_v2", alpha=0.35, weights=str(path), image_size=32, epochs=2,
+                      warmup_epochs=1, freeze_cutoff=14, head_size=8, batch_size=16, learning_rate=1e-2)
+    fresh_session()
+    alone = train(cfg, data).history
+    with reuse_backbones():
+        fresh_session()
+        train(cfg, data)
+        fresh_session()
+        again = train(cfg, data).history
+    for a, b in zip(alone, again):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["val_accuracy"] == b["val_accuracy"]

@@ -56,6 +56,9 @@ def build_model(config: TrialConfig, num_classes: int) -> keras.Model:
     x = Preprocess(spec.preprocess, name="preprocess")(x)
     base = build_backbone(spec.name, size, weights=config.weights, alpha=config.alpha)
     base.name = BACKBONE_LAYER
+    # Seeded again: the head's initial weights must not depend on how many random draws the backbone took (a
+    # reused worker's backbone, `pretrained.reuse_backbones`, takes none).
+    keras.utils.set_random_seed(config.seed + 1)
     # BatchNormalization must stay in inference mode even once layers are unfrozen: updating its statistics
     # on a small dataset would wreck what the pretrained layers learned. training=False says so (the classic
     # recipe); set_cutoff also keeps BN layers frozen, which is what makes Keras 3 honour it inside fit.
