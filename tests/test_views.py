@@ -142,7 +142,10 @@ def test_views_through_warmup_and_finetune_equal_end_to_end(data, tmp_path, monk
     from tsweep.trainers.train import train
     from tsweep.trainers.views import augment_view
 
-    cfg = config(freeze_cutoff=12, epochs=3, augmentation_views=1)
+    # Fine-tuning at a fine-tuning rate (TINY's 3e-3 is a head's): at 3e-3 Adam's per-element steps turn the
+    # rounding differences below into a drift of 4e-3 in val_loss after two fine-tune epochs (seen), chaos
+    # that says nothing about views; at 3e-4 both runs follow one trajectory.
+    cfg = config(freeze_cutoff=12, epochs=3, augmentation_views=1, learning_rate=3e-4)
     cached = train(cfg, data, feature_cache=FeatureCache(tmp_path / "f", 10**8))
     view = augment_view(data.x_train, "light", 0, digest(data.x_train))
     fixed = dataclasses.replace(data, x_train=view)
