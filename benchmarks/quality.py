@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", default="flowers12,hymenoptera",
                    help="comma-separated names under ../shared/datasets or folder paths (default %(default)s)")
-    p.add_argument("--seeds", type=int, default=3, help="sweeps per dataset, seeds 0..N-1 (default 3)")
+    p.add_argument("--seeds", type=int, default=3, help="sweeps per dataset, seeds F..F+N-1 (default 3)")
+    p.add_argument("--first-seed", type=int, default=0, help="F, the first seed (default 0): continue a stopped run")
     p.add_argument("--trials", type=int, default=16, help="trials per sweep (default 16)")
     p.add_argument("--max-epochs", type=int, default=8, help="epochs per trial (default 8)")
     p.add_argument("--image-size", type=int, help="fix the space's image_size (default: the space's, 160)")
@@ -68,8 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.ensembles = sorted({int(k) for k in args.ensembles.split(",") if k.strip()})
     except ValueError:
         p.error("--ensembles takes comma-separated whole numbers, e.g. 3,5")
-    if any(k < 2 for k in args.ensembles) or min(args.seeds, args.trials, args.max_epochs) < 1:
-        p.error("--ensembles values must be >= 2; --seeds, --trials and --max-epochs >= 1")
+    if any(k < 2 for k in args.ensembles) or min(args.seeds, args.trials, args.max_epochs) < 1 or args.first_seed < 0:
+        p.error("--ensembles values must be >= 2; --seeds, --trials and --max-epochs >= 1; --first-seed >= 0")
     if args.weights is None:
         args.weights = str(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.is_file() else "imagenet"
     return args
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                 say(notes[-1])
                 continue
             data = source if has_test(source) else halve_val(source, work / f"{source.name}-halved")
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 say(f"{source.name} seed {seed}: a sweep of {args.trials} trials x {args.max_epochs} epochs")
                 runs += quality_runs(args, dataset, data, seed, results)
                 write_json(summarise(runs))
@@ -270,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                 notes.append(f"skipped --class-weight: no folder {dataset_dir(IMBALANCED)}")
                 say(notes[-1])
             else:
-                for seed in range(args.seeds):
+                for seed in range(args.first_seed, args.first_seed + args.seeds):
                     runs += class_weight_runs(args, seed, results)
                     write_json(summarise(runs))
     finally:

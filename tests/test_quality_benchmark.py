@@ -17,7 +17,8 @@ def test_options(bench):
     assert (full.datasets, full.seeds, full.trials, full.max_epochs, full.ensembles) == \
         (["flowers12", "hymenoptera"], 3, 16, 8, [3, 5])
     assert bench.parse_args(["--ensembles", "5,3,3"]).ensembles == [3, 5]
-    for bad in (["--ensembles", "1"], ["--ensembles", "x"], ["--trials", "0"]):
+    assert (full.first_seed, bench.parse_args(["--first-seed", "1", "--seeds", "2"]).first_seed) == (0, 1)
+    for bad in (["--ensembles", "1"], ["--ensembles", "x"], ["--trials", "0"], ["--first-seed", "-1"]):
         with pytest.raises(SystemExit):
             bench.parse_args(bad)
 
