@@ -33,9 +33,9 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from _common import dataset_dir  # noqa: E402
+from _common import DEFAULT_WEIGHTS, dataset_dir, say  # noqa: E402
 from _report import machine  # noqa: E402
-from sweep_speed import DEFAULT_WEIGHTS, prefixed, say, write_space  # noqa: E402
+from sweep_speed import prefixed, write_space  # noqa: E402
 
 METHODS = ("random", "tpe", "naive", "hyperband")  # random and tpe are tsweep's --search
 FRACTIONS = (0.25, 0.5, 1.0)
@@ -75,8 +75,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.weights is None:
         args.weights = str(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.is_file() else "none"
     return args
-
-
 
 
 def run_one(method: str, seed: int, data: Path, space_file: Path, work: Path, args: argparse.Namespace,

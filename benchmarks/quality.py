@@ -76,10 +76,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-
-
-
-
 def halve_val(source: Path, out: Path, seed: int = 0) -> Path:
     """`source` with train/ as it is and its val/ split per class into val/ and test/ halves (seeded), as
     symlinks under `out`; returns `out`."""

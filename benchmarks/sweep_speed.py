@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # _naive.py, _hyperband.py and _report.py, also when imported from elsewhere
     sys.path.insert(0, str(HERE))
 
-from _common import DEFAULT_WEIGHTS, SHARED, say  # noqa: E402,F401 (anytime.py imports them from here)
+from _common import DEFAULT_WEIGHTS, SHARED, say  # noqa: E402
 from _report import RUNS, figures, machine, overhead, steps_and_tracing, table, views_used  # noqa: E402
 from _scale import scaling  # noqa: E402
 

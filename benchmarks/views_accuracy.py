@@ -87,10 +87,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-
-
-
-
 def machine() -> dict:
     import keras
     import tensorflow as tf

@@ -10,7 +10,6 @@ event, so the resumed study knows every finished trial.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -130,16 +129,11 @@ class TsweepOptunaSearch(OptunaSearch):
 
 
 def finished_records(root: Path) -> list[dict]:
-    """The records under `root`/trials whose status is one the searcher learns from."""
-    records = []
-    for path in sorted((Path(root) / "trials").glob("*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):  # half-written when a driver was killed: that trial runs again
-            continue
-        if record.get("status") in FINISHED and record.get("trial_id"):
-            records.append(record)
-    return records
+    """The readable records under `root`/trials whose status is one the searcher learns from (a record half-written
+    when a driver was killed is skipped: that trial runs again)."""
+    from tsweep.search.records import read_trials
+
+    return [r for r in read_trials(root) if r.get("status") in FINISHED and r.get("trial_id")]
 
 
 def config_of(result: dict) -> dict:

@@ -13,7 +13,7 @@ from tsweep.files import atomic_write_json
 from tsweep.search.failures import avoid_nodes, faulty_node
 from tsweep.search.leaderboard import status_counts
 from tsweep.search.objective import Objective
-from tsweep.search.records import final_status, trial_path
+from tsweep.search.records import final_status, read_trials, trial_path
 from tsweep.search.trial import ERROR_KEY, NOTE_KEY
 from tsweep.spaces.config import TrialConfig
 
@@ -62,11 +62,7 @@ class SweepRecorder(Callback):
         trials started after Ray last saved its state, before the driver was killed. Ray cannot continue them
         (it starts new trials instead), so they would stay "running" forever. Returns their ids."""
         lost = []
-        for path in sorted((self.root / "trials").glob("*.json")):
-            try:
-                record = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
+        for record in read_trials(self.root):
             if record.get("status") != "running" or record.get("trial_id") in known:
                 continue
             record.update(status="stopped", note="lost: started after Ray last saved the sweep's state, before the "

@@ -29,7 +29,6 @@ PARAMS = {"backbone": {"kind": "fixed", "values": ["mobilenet_v2"]}, "head_size"
           "learning_rate": {"kind": "loguniform", "values": [1e-6, 1e-2]}}
 
 
-
 def tiny_space_yaml(description: str, **changes: Any) -> str:
     """TINY as a space file's text (one config), with `changes` (e.g. learning_rate={"choice": [3e-3, 1e-3]})."""
     import yaml

@@ -276,5 +276,6 @@ def test_a_model_of_a_reused_backbone_trains_like_a_new_one(tmp_path, shapes_dir
         train(cfg, data)
         fresh_session()
         again = train(cfg, data).history
+    assert len(alone) == len(again) == 2
     for a, b in zip(alone, again):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["val_accuracy"] == b["val_accuracy"]
