@@ -240,11 +240,11 @@ def main(argv: list[str] | None = None) -> int:
                     runs.append({"dataset": data.name, **run})
                     say(f"  done: {run['trials']} trials, {run['epochs']} epochs, best "
                         f"{best_by(run['curve'], args.budget_s)} in {run['wall_s']} s")
+                    write_json(args, info, runs, complete=False)  # an interrupted benchmark keeps its runs
     finally:
         if not args.out_dir:
             shutil.rmtree(work, ignore_errors=True)
-    rows = [row for data in args.datasets for row in summarize([r for r in runs if r["dataset"] == data.name],
-                                                               args.budget_s)]
+    rows = write_json(args, info, runs, complete=True)
     say("\n" + table(rows))
     for line in targets(rows):
         say(line)
@@ -252,12 +252,23 @@ def main(argv: list[str] | None = None) -> int:
         plot(runs, args.plot, args.budget_s)
         say(f"plot written to {args.plot}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        doc: dict[str, Any] = {"machine": info, "budget_s": args.budget_s, "runs": runs, "rows": rows,
-                               "targets": targets(rows)}
-        args.json.write_text(json.dumps(doc, indent=1) + "\n")
         say(f"figures written to {args.json}")
     return 0
+
+
+def write_json(args: argparse.Namespace, info: dict, runs: list[dict], complete: bool) -> list[dict]:
+    """The table's rows of `runs`; written with every run to --json when given (`"complete": false` until the
+    last run has ended, so a benchmark stopped half-way keeps what it measured)."""
+    rows = [row for data in args.datasets for row in summarize([r for r in runs if r["dataset"] == data.name],
+                                                               args.budget_s)]
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        doc: dict[str, Any] = {"machine": info, "budget_s": args.budget_s, "complete": complete, "runs": runs,
+                               "rows": rows, "targets": targets(rows)}
+        tmp = args.json.with_name(args.json.name + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
+        tmp.replace(args.json)
+    return rows
 
 
 if __name__ == "__main__":

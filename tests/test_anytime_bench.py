@@ -42,3 +42,19 @@ def test_figures_targets_and_plot(bench, tmp_path):
     assert "15 s (15%)" in text and "random" in text.splitlines()[1]
     bench.plot(runs, tmp_path / "p.png", 100)
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_json_keeps_every_run_so_far_and_says_whether_it_is_complete(bench, tmp_path):
+    import json
+
+    args = bench.parse_args(["--datasets", str(tmp_path), "--budget", "100s", "--json", str(tmp_path / "a.json")])
+    runs = [{**run("random", 0, [(10, 0.5)]), "dataset": tmp_path.name}]
+    bench.write_json(args, {"cpus": 2}, runs, complete=False)
+    doc = json.loads((tmp_path / "a.json").read_text())
+    assert doc["complete"] is False and [r["method"] for r in doc["runs"]] == ["random"]
+    assert doc["rows"][0]["best_100%"] == 0.5
+    runs.append({**run("naive", 0, [(50, 0.4)]), "dataset": tmp_path.name})
+    rows = bench.write_json(args, {"cpus": 2}, runs, complete=True)
+    doc = json.loads((tmp_path / "a.json").read_text())
+    assert doc["complete"] is True and doc["rows"] == rows and len(rows) == 2
+    assert not list(tmp_path.glob("*.tmp"))
