@@ -15,7 +15,6 @@ plot of the best-so-far curves (--plot) and every figure (--json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -23,7 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -262,12 +261,11 @@ def write_json(args: argparse.Namespace, info: dict, runs: list[dict], complete:
     rows = [row for data in args.datasets for row in summarize([r for r in runs if r["dataset"] == data.name],
                                                                args.budget_s)]
     if args.json:
+        from tsweep.files import atomic_write_json
+
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        doc: dict[str, Any] = {"machine": info, "budget_s": args.budget_s, "complete": complete, "runs": runs,
-                               "rows": rows, "targets": targets(rows)}
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=1) + "\n")
-        tmp.replace(args.json)
+        atomic_write_json(args.json, {"machine": info, "budget_s": args.budget_s, "complete": complete, "runs": runs,
+                                      "rows": rows, "targets": targets(rows)})
     return rows
 
 
