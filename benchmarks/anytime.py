@@ -261,9 +261,8 @@ def write_json(args: argparse.Namespace, info: dict, runs: list[dict], complete:
     rows = [row for data in args.datasets for row in summarize([r for r in runs if r["dataset"] == data.name],
                                                                args.budget_s)]
     if args.json:
-        from tsweep.files import atomic_write_json
+        from tsweep.files import atomic_write_json  # creates the folder; a kill mid-write keeps the last file
 
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(args.json, {"machine": info, "budget_s": args.budget_s, "complete": complete, "runs": runs,
                                       "rows": rows, "targets": targets(rows)})
     return rows

@@ -57,4 +57,4 @@ def test_the_json_keeps_every_run_so_far_and_says_whether_it_is_complete(bench, 
     rows = bench.write_json(args, {"cpus": 2}, runs, complete=True)
     doc = json.loads((tmp_path / "a.json").read_text())
     assert doc["complete"] is True and doc["rows"] == rows and len(rows) == 2
-    assert not list(tmp_path.glob("*.tmp"))
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]  # no temporary file left beside it
