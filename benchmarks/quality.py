@@ -44,6 +44,8 @@ if str(HERE) not in sys.path:  # the _*.py helpers beside this script, also when
 
 from _common import DEFAULT_WEIGHTS, dataset_dir, say  # noqa: E402
 
+from tsweep.files import atomic_write_json  # noqa: E402
+
 IMBALANCED = "flowers12-imbalanced"
 
 
@@ -241,11 +243,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def write_json(summary: list[dict]) -> None:
         # Written after every sweep too, so a run stopped part-way keeps what it measured.
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs,
-                                             "summary": summary, "notes": notes, "load": list(os.getloadavg()),
-                                             "wall_s": round(time.perf_counter() - started, 1)}, indent=1))
+        if args.json:  # atomic: a kill during the write keeps the previous sweeps' figures
+            atomic_write_json(args.json, {"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs,
+                                          "summary": summary, "notes": notes, "load": list(os.getloadavg()),
+                                          "wall_s": round(time.perf_counter() - started, 1)})
 
     try:
         for dataset in args.datasets:
