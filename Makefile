@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-slow test-onednn test-all lint clean
+.PHONY: demo test test-slow test-kernels test-onednn test-eigen test-all lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,16 @@ test: $(STAMP) lint  ## the default suite: unit tests plus one real small sweep 
 test-slow: $(STAMP)  ## only the slow tests: multi-node clusters, killed nodes and drivers, worker reuse, real data
 	$(BIN)/python -m pytest -m slow -q
 
-# TensorFlow runs oneDNN kernels by default on Intel CPUs with AVX-512 VNNI (not on AMD): their NaN handling and
-# rounding differ, so the numerically sensitive tests run under both kernel families.
-test-onednn: $(STAMP)  ## the numerics-marked tests again with oneDNN kernels (TF_ENABLE_ONEDNN_OPTS=1)
+# TensorFlow picks oneDNN kernels by default on CPUs with AVX-512 VNNI (Intel Xeons, and AMD EPYCs of Zen 4 on),
+# the plain Eigen ones elsewhere: their NaN handling and rounding differ. `make test` runs whichever this CPU
+# gets, so the numerically sensitive tests run again under each family, pinned, whatever the CPU.
+test-kernels: test-onednn test-eigen  ## the numerics-marked tests under both kernel families
+
+test-onednn: $(STAMP)  ## the numerics-marked tests with oneDNN kernels (TF_ENABLE_ONEDNN_OPTS=1)
 	TF_ENABLE_ONEDNN_OPTS=1 $(BIN)/python -m pytest -m "numerics and not slow" -q -n $(WORKERS)
+
+test-eigen: $(STAMP)  ## the numerics-marked tests without oneDNN (TF_ENABLE_ONEDNN_OPTS=0)
+	TF_ENABLE_ONEDNN_OPTS=0 $(BIN)/python -m pytest -m "numerics and not slow" -q -n $(WORKERS)
 
 test-all: $(STAMP) lint  ## everything, including the slow sweeps on ../shared data
 	$(BIN)/python -m pytest -q
