@@ -276,8 +276,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{scale['marginal_s_per_trial']['tsweep']}, naive {scale['marginal_s_per_trial']['naive_ray']} "
             f"(tsweep / naive {scale['tsweep_over_naive']})")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({**figures(results, bound, trial_overhead), "scale": scale}, indent=1) + "\n")
+        from tsweep.files import atomic_write_json  # creates the folder; a kill mid-write keeps the last file
+
+        atomic_write_json(args.json, {**figures(results, bound, trial_overhead), "scale": scale})
         say(f"figures written to {args.json}")
     return 0
 
