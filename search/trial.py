@@ -38,6 +38,7 @@ def make_trainable(data_options: dict[str, Any], mixed_precision: bool = False,
         from tsweep.trainers.checkpoint import checkpoint_epoch, save_checkpoint
         from tsweep.trainers.pretrained import reuse_backbones
         from tsweep.trainers.runtime import configure_tensorflow, fresh_session
+        from tsweep.trainers.step_pool import reuse_steps
 
         fresh_session()
         context = ray.get_runtime_context()
@@ -72,7 +73,8 @@ def make_trainable(data_options: dict[str, Any], mixed_precision: bool = False,
         try:
             configure_tensorflow(assigned.get("CPU"), gpu_fraction=assigned.get("GPU", 0.0),
                                  mixed_precision=mixed_precision)
-            with reuse_backbones():  # one trial at a time in this worker: its next trial reuses the backbone
+            # One trial at a time in this worker: its next trials reuse the backbone and the traced steps.
+            with reuse_backbones(), reuse_steps():
                 resume_chain(kept_checkpoints(tune.get_checkpoint()), run, notes.append)
         except Exception as e:  # one place decides (search.failures): retried by Ray, or failed at once
             failure = classify(e)

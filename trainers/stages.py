@@ -51,9 +51,13 @@ class EndToEnd(Stage):
 
 
 class Cached(Stage):
+    """`binding` (a `step_pool.Binding`, within `step_pool.reuse_steps`): train its pooled twin of `trainer`,
+    whose steps are already traced, and copy the weights back into `trainer` after every epoch."""
+
     def __init__(self, trainer: Any, cfg: TrialConfig, train_of: Callable[[int], np.ndarray], y: np.ndarray,
-                 validation: tuple | None) -> None:
+                 validation: tuple | None, binding: Any = None) -> None:
         self.trainer, self.cfg, self.train_of, self.y, self.validation = trainer, cfg, train_of, y, validation
+        self.binding = binding
 
     def epoch(self, epoch: int, verbose: int = 0) -> dict[str, float]:
         from tsweep.trainers.train import fit_epoch
@@ -61,7 +65,10 @@ class Cached(Stage):
         started = time.perf_counter()
         x = self.train_of(epoch)  # a view is made or loaded when an epoch first needs it
         staged = time.perf_counter() - started
-        metrics = fit_epoch(self.trainer, x, self.y, self.validation, self.cfg, epoch, verbose)
+        trains = self.trainer if self.binding is None else self.binding.trainer
+        metrics = fit_epoch(trains, x, self.y, self.validation, self.cfg, epoch, verbose)
+        if self.binding is not None:
+            self.binding.store()
         return {**metrics, "stage_s": staged}
 
 
@@ -82,6 +89,7 @@ def make_stage(model: Any, cfg: TrialConfig, data: Dataset, phase: str, *, featu
     from tsweep.trainers.cached_train import stage_kind
     from tsweep.trainers.model import compile_model, make_optimizer, set_cutoff
     from tsweep.trainers.split import split_model
+    from tsweep.trainers.step_pool import bind
     from tsweep.trainers.train import max_cutoff, phase_cutoff
 
     n = data.num_classes
@@ -117,10 +125,11 @@ def make_stage(model: Any, cfg: TrialConfig, data: Dataset, phase: str, *, featu
     validation = (features.get(prefix, cutoff, pooled, "val"), data.y_val) if has_val else None
     compile_model(trainer, cfg, n, optimizer=optimizer)
     compile_full(model, trainer)
+    binding = bind(trainer)
     if not views:  # one array for the whole phase
         fixed = train_of(0)
-        return Cached(trainer, cfg, lambda _: fixed, y, validation)
-    return Cached(trainer, cfg, train_of, y, validation)
+        return Cached(trainer, cfg, lambda _: fixed, y, validation, binding)
+    return Cached(trainer, cfg, train_of, y, validation, binding)
 
 
 def compile_full(model: Any, trainer: Any) -> None:
