@@ -11,9 +11,11 @@ import ray
 
 
 def scaling(args: argparse.Namespace, space: Any, space_file: Path, work: Path, num_cpus: int,
-            say: Callable[[str], None], prefixed: Callable[[str], Callable[[str], None]]) -> dict:
+            say: Callable[[str], None], prefixed: Callable[[str], Callable[[str], None]],
+            saved: Callable[[dict], None] = lambda part: None) -> dict:
     """Wall time of (a)'s sweep (no export) and of (b) at each of `args.scale`'s trial counts, each from fresh
-    caches, and the marginal wall time per extra trial between the smallest and the largest count."""
+    caches, and the marginal wall time per extra trial between the smallest and the largest count. `saved` gets
+    {"trials", "wall_s", "partial": True} after every run, so a stopped run keeps what it measured."""
     import _naive
 
     from tsweep.search.sweep import SweepOptions, run_sweep
@@ -36,6 +38,7 @@ def scaling(args: argparse.Namespace, space: Any, space_file: Path, work: Path, 
                     ray.shutdown()
             walls[name][n] = round(time.perf_counter() - start, 1)
             say(f"  {name} at {n} trials: {walls[name][n]} s")
+            saved({"trials": args.scale, "wall_s": walls, "partial": True})
     lo, hi = args.scale[0], args.scale[-1]
     marginal = {name: round((w[hi] - w[lo]) / (hi - lo), 2) for name, w in walls.items()}
     return {"trials": args.scale, "wall_s": walls, "marginal_s_per_trial": marginal,

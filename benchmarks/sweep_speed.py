@@ -229,6 +229,13 @@ def lower_bound(args: argparse.Namespace, work: Path, records: list[dict], concu
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+
+    def save(payload: dict) -> None:
+        if args.json:
+            from tsweep.files import atomic_write_json  # creates the folder; a kill mid-write keeps the last file
+
+            atomic_write_json(args.json, payload)
+
     if not args.data.is_dir():
         raise SystemExit(f"data folder {args.data} does not exist: pass --data")
     args.data = args.data.resolve()
@@ -265,7 +272,14 @@ def main(argv: list[str] | None = None) -> int:
         bound = lower_bound(args, work, records, concurrency) if "tsweep" in results else None
         trial_overhead = overhead(records, results["tsweep"]["wall_s"], min(info["ray_cpus"], args.trials)) \
             if "tsweep" in results else None
-        scale = scaling(args, space, space_file, work, info["ray_cpus"], say, prefixed) if args.scale else None
+        if args.scale:
+            # The scale runs take an hour: the figures so far are written first and after each count's runs,
+            # so a run stopped part-way keeps what it measured.
+            save({**figures(results, bound, trial_overhead), "scale": None})
+            scale = scaling(args, space, space_file, work, info["ray_cpus"], say, prefixed,
+                            lambda part: save({**figures(results, bound, trial_overhead), "scale": part}))
+        else:
+            scale = None
     finally:
         if not args.out_dir:
             shutil.rmtree(work, ignore_errors=True)
@@ -276,9 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{scale['marginal_s_per_trial']['tsweep']}, naive {scale['marginal_s_per_trial']['naive_ray']} "
             f"(tsweep / naive {scale['tsweep_over_naive']})")
     if args.json:
-        from tsweep.files import atomic_write_json  # creates the folder; a kill mid-write keeps the last file
-
-        atomic_write_json(args.json, {**figures(results, bound, trial_overhead), "scale": scale})
+        save({**figures(results, bound, trial_overhead), "scale": scale})
         say(f"figures written to {args.json}")
     return 0
 

@@ -109,3 +109,31 @@ def test_views_used_follow_each_trials_schedule(bench):
     online = _trial({"freeze_cutoff": 17, "augmentation": "light", "augmentation_views": 0},
                     [("features", 1.0, 0.0)] * 3)
     assert bench.views_used([aug, plain, online]) == {("light", view_of(e, 4, 5)) for e in range(2)}
+
+
+def test_scale_saves_its_figures_after_every_run(bench, tmp_path, monkeypatch):
+    # A --scale run takes an hour: each count's wall times must be on disk before the next run starts.
+    import _naive
+    import _scale
+
+    import tsweep.search.sweep as sweep
+
+    runs = []
+    monkeypatch.setattr(sweep, "run_sweep", lambda opts, progress: runs.append(("tsweep", opts.num_samples)))
+    monkeypatch.setattr(_naive, "run", lambda space, data, size, n, *rest: runs.append(("naive_ray", n)))
+    args = bench.parse_args(["--scale", "2,6", "--weights", "none"])
+    saved = []
+    result = _scale.scaling(args, None, tmp_path / "space.yaml", tmp_path, 2, lambda line: None,
+                            lambda prefix: (lambda line: None), lambda part: saved.append(json_copy(part)))
+    assert runs == [("tsweep", 2), ("naive_ray", 2), ("tsweep", 6), ("naive_ray", 6)]
+    assert [sorted((k, sorted(int(n) for n in v)) for k, v in part["wall_s"].items()) for part in saved] == [
+        [("naive_ray", []), ("tsweep", [2])], [("naive_ray", [2]), ("tsweep", [2])],
+        [("naive_ray", [2]), ("tsweep", [2, 6])], [("naive_ray", [2, 6]), ("tsweep", [2, 6])]]
+    assert all(part["partial"] for part in saved) and "partial" not in result
+    assert set(result["marginal_s_per_trial"]) == {"tsweep", "naive_ray"}
+
+
+def json_copy(part: dict) -> dict:
+    import json
+
+    return json.loads(json.dumps(part))
