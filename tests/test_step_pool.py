@@ -6,17 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.test_features import config  # the same tiny MobileNetV2 configs as the feature-cache tests
 from tsweep.spaces.config import TrialConfig
 from tsweep.trainers import step_pool
 from tsweep.trainers.data import Dataset, load_dataset
 from tsweep.trainers.features import FeatureCache
-
-TINY = dict(backbone="mobilenet_v2", alpha=0.35, weights="none", image_size=32, batch_size=16, epochs=2,
-            warmup_epochs=1, head_size=8, dropout=0.3, learning_rate=1e-3)
-
-
-def config(**changes) -> TrialConfig:
-    return TrialConfig.from_dict({**TINY, **changes})
 
 
 @pytest.fixture(scope="module")

@@ -97,15 +97,11 @@ class Binding:
         for ours, clone in self.pairs:
             if isinstance(clone, RateDropout):
                 clone.set_rate(ours.rate)
-        for mine, theirs in self._variables:
-            theirs.assign(mine)
-        for mine, theirs in self._slots:
+        for mine, theirs in self._variables + self._slots:
             theirs.assign(mine)
 
     def store(self) -> None:
-        for mine, theirs in self._variables:
-            mine.assign(theirs)
-        for mine, theirs in self._slots:
+        for mine, theirs in self._variables + self._slots:
             mine.assign(theirs)
 
 
