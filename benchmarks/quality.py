@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--first-seed", type=int, default=0, help="F, the first seed (default 0): continue a stopped run")
     p.add_argument("--trials", type=int, default=16, help="trials per sweep (default 16)")
     p.add_argument("--max-epochs", type=int, default=8, help="epochs per trial (default 8)")
-    p.add_argument("--image-size", type=int, help="fix the space's image_size (default: the space's, 160)")
+    p.add_argument("--image-size", type=int, help="fix the space's image_size (default: the space's, 224)")
     p.add_argument("--ensembles", default="3,5", help="ensemble sizes K (default %(default)s)")
     p.add_argument("--space", default="default", help="the sweep's space (default %(default)s)")
     p.add_argument("--weights", default=None, help=f"imagenet, none or a .h5 path (default {DEFAULT_WEIGHTS.name} "

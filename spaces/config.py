@@ -30,7 +30,7 @@ class TrialConfig:
     #                                 alpha, weights, the freeze keys and the warm-up (nothing to keep or freeze)
     alpha: float = 1.0  # width multiplier (MobileNet family only)
     weights: str = "imagenet"  # "imagenet" (downloaded by Keras), "none" (random init) or a file path
-    image_size: int = 160  # square input, pixels
+    image_size: int = 224  # square input, pixels (the ImageNet weights were trained at 224)
     # --- head: what sits on the pooled backbone features ---------------------------------------------
     head_size: int = 128  # units of the hidden Dense(relu) layer; 0 = linear classifier on the features
     dropout: float = 0.2  # before the output layer

@@ -1,4 +1,5 @@
-"""Command-line overrides over a search space (`tsweep run --backbone`, `--weights`, `--max-epochs`).
+"""Command-line overrides over a search space (`tsweep run --backbone`, `--weights`, `--image-size`,
+`--max-epochs`).
 
 `with_overrides` fixes keys over a `Space` like `Space.with_fixed`, but fits the warm-up to a shorter fixed
 `epochs` (with a notice) and names the override that breaks the space in its errors. Nothing here imports

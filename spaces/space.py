@@ -3,7 +3,7 @@
 A space file is a flat mapping of TrialConfig keys (see ``config.py``) to either a fixed value or one
 distribution::
 
-    description: MobileNetV2 at 160 px, from feature extraction to fine-tuning the top blocks
+    description: MobileNetV2 at 224 px, from feature extraction to fine-tuning the top blocks
     backbone: mobilenet_v2                      # fixed
     head_size: {choice: [0, 128, 256]}          # one of the values
     dropout: {uniform: [0.0, 0.5]}              # float in [low, high]

@@ -17,6 +17,7 @@ from tsweep.search import sweep
 from tsweep.search.cache_budget import evict_cache, parse_duration, parse_size
 from tsweep.search.cli import main
 from tsweep.search.sweep import SweepOptions, check_options
+from tsweep.spaces.space import load_space
 from tsweep.trainers import cache_eviction, cache_locks, cache_store, decoded_cache
 from tsweep.trainers.data import discover, load_dataset
 from tsweep.trainers.decoded_cache import cache_key
@@ -186,7 +187,8 @@ def test_an_entry_evicted_while_a_cache_is_open_is_computed_again(tmp_path):
 # ---- the sweep start ---------------------------------------------------------------------------------------
 def test_sweep_start_evicts_down_to_the_budget_and_says_what(shapes_dir, tmp_path, monkeypatch):
     root, now = tmp_path / "cache", time.time()
-    ours = decoded(root, shapes_dir, 160, now - 9 * DAY)  # this sweep's images (the default space: 160 px)
+    size = load_space("default").fixed["image_size"]  # the sweep below runs the default space
+    ours = decoded(root, shapes_dir, size, now - 9 * DAY)  # this sweep's images
     theirs = "0" * 32  # features of a dataset whose decoded images are gone
     f1, f2, f3 = (put(root, 20_000, now - d * DAY, dataset=theirs, backbone="vgg16", i=d) for d in (7, 6, 5))
     f_ours = put(root, 20_000, now - 8 * DAY, dataset=ours.key, backbone="mobilenet_v2")

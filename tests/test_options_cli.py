@@ -33,13 +33,13 @@ def test_every_field_has_a_flag_that_changes_it():
     bools = [f for f in dataclasses.fields(SweepOptions) if isinstance(f.default, bool)]
     for f in bools:
         argv.append(("--no-" if f.default else "--") + f.name.replace("_", "-"))
-    argv += ["--backbone", "mobilenet", "--weights", "none", "--max-epochs", "3"]
+    argv += ["--backbone", "mobilenet", "--weights", "none", "--max-epochs", "3", "--image-size", "160"]
     opts = parse(*argv)
     for key, value in changed.items():
         assert getattr(opts, key) == value, key
     for f in bools:
         assert getattr(opts, f.name) is (not f.default), f.name
-    assert opts.overrides == {"backbone": "mobilenet", "weights": "none", "epochs": 3}
+    assert opts.overrides == {"backbone": "mobilenet", "weights": "none", "epochs": 3, "image_size": 160}
     # nothing was left at its default by accident: the test covers every field
     untouched = [f.name for f in dataclasses.fields(SweepOptions) if getattr(opts, f.name) == getattr(base, f.name)]
     assert untouched == ["data"]

@@ -32,13 +32,13 @@ augmentation: {fixed: light}
 """
 
 
-def test_every_bundled_space_loads_and_default_is_mobilenet_v2_160():
+def test_every_bundled_space_loads_and_default_is_mobilenet_v2_224():
     names = [n for n, _ in bundled_spaces()]
     assert {"default", "demo", "feature_extraction", "finetune", "backbones"} <= set(names)
     for name in names:
         assert load_space(name).params, name
     fixed = load_space("default").fixed
-    assert (fixed["backbone"], fixed["alpha"], fixed["image_size"]) == ("mobilenet_v2", 1.0, 160)
+    assert (fixed["backbone"], fixed["alpha"], fixed["image_size"]) == ("mobilenet_v2", 1.0, 224)
 
 
 def test_parse_kinds_and_yaml_exponent_strings(tmp_path):

@@ -87,6 +87,16 @@ def test_the_default_warmup_is_shortened_too(tmp_path):
     assert space.params["warmup_epochs"] == Dist("fixed", (1,))
 
 
+def test_image_size_override_fixes_the_input_size_over_the_default_space():
+    from tsweep.search.sweep import OVERRIDE_FLAGS
+    from tsweep.spaces.space import Dist, load_space
+
+    space = load_space("default")
+    assert space.params["image_size"] == Dist("fixed", (224,))
+    fixed, notices = with_overrides(space, {"image_size": 160}, OVERRIDE_FLAGS)
+    assert fixed.params["image_size"] == Dist("fixed", (160,)) and notices == []
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"backbone": "resnet50"}, "--backbone resnet50: `freeze_cutoff` must be in [0, 4], got 17 (resnet50 has 4 "
      "cut points; `tsweep backbones` lists them) in the space {source}; drop --backbone or pass a --space that fits"),
@@ -94,7 +104,7 @@ def test_the_default_warmup_is_shortened_too(tmp_path):
     ({"backbone": "nosuch"}, "--backbone nosuch: unknown backbone 'nosuch'"),
     ({"epochs": 0}, "--max-epochs 0: `epochs` must be in [1, 10000], got 0"),
     ({"epochs": "many"}, "--max-epochs many: `epochs` must be an integer, got 'many'"),
-    ({"image_size": 16}, "override `image_size=16`: `image_size` must be in [32, 2048], got 16"),
+    ({"image_size": 16}, "--image-size 16: `image_size` must be in [32, 2048], got 16"),
 ])
 def test_an_override_the_space_does_not_fit_is_named(overrides, message):
     from tsweep.search.sweep import OVERRIDE_FLAGS
