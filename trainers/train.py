@@ -178,9 +178,10 @@ def first_nonfinite_weight(model: Any) -> str | None:
 
 def fit_epoch(model: Any, x: Any, y: Any, validation: tuple | None, cfg: TrialConfig, epoch: int,
               verbose: int = 0, validator: Any = None) -> dict[str, float]:
-    """One epoch of `model.fit` in a seeded order of its own: a new permutation every epoch, the same one
-    for the same (seed, epoch) whether the model sees images or cached features. With `class_weight:
-    balanced` each sample weighs its class's `metrics.class_weights` (from the labels it trains on).
+    """One epoch of training (`train_steps`; `model.fit` when `verbose`, for its progress bar: the same result)
+    in a seeded order of its own: a new permutation every epoch, the same one for the same (seed, epoch)
+    whether the model sees images or cached features. With `class_weight: balanced` each sample weighs its
+    class's `metrics.class_weights` (from the labels it trains on).
 
     Args:
         validation: (x, y) scored after the epoch by `validation_scores`, or None.
