@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from tsweep.errors import SweepConfigError
 from tsweep.files import atomic_write_json
@@ -86,7 +86,7 @@ def resume_sweep(root: Path, address: str | None = None, progress: Callable[[str
                 from tsweep.search.tuner import resume_tuner
 
                 resume_tuner(opts, info["data"], experiment, root=root, objective=Objective(info["metric"],
-                             info["mode"]), progress=progress)
+                             info["mode"]), progress=progress, space=_space(opts))
     finally:
         os.close(lock)
     return root, opts.export
@@ -137,11 +137,17 @@ def _end_stale_records(root: Path) -> int:
 def _start_fresh(opts: SweepOptions, info: dict, root: Path, progress: Callable[[str], None]) -> None:
     """Run the sweep recorded in sweep.json from its first trial, in `root`."""
     from tsweep.search.tuner import run_tuner
+
+    run_tuner(opts, _space(opts), info["data"], root, Objective(info["metric"], info["mode"]),
+              int(info["max_epochs"]), progress)
+
+
+def _space(opts: SweepOptions) -> Any:
+    """The sweep's space as sweep.json's options give it (its file, then its overrides)."""
     from tsweep.spaces.overrides import with_overrides
     from tsweep.spaces.space import load_space
 
     space = load_space(opts.space)
     if opts.overrides:
         space, _ = with_overrides(space, opts.overrides, OVERRIDE_FLAGS)
-    run_tuner(opts, space, info["data"], root, Objective(info["metric"], info["mode"]), int(info["max_epochs"]),
-              progress)
+    return space

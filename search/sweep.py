@@ -200,15 +200,26 @@ def _prepare_inputs(opts: SweepOptions, progress: Callable[[str], None]) -> tupl
     return space, data_options
 
 
-def feature_settings(opts: SweepOptions) -> dict | None:
-    """What trials need to build their FeatureCache: the node's budget split over its concurrent trials."""
+def feature_settings(opts: SweepOptions, space: Space | None = None) -> dict | None:
+    """What trials need to build their FeatureCache: the node's budget split over its concurrent trials, and
+    the cutoffs trials may fine-tune from (`space_cutoffs`), whose activations a pass through them keeps."""
     if not opts.feature_cache:
         return None
     from tsweep.trainers.features import default_memory_budget
 
     node = parse_size(opts.cache_memory) if opts.cache_memory else default_memory_budget()
     per_node = max(1, int((os.cpu_count() or 1) / opts.cpus_per_trial))
-    return {"memory_bytes": node // per_node, "dtype": "float16" if opts.cache_float16 else "float32"}
+    return {"memory_bytes": node // per_node, "dtype": "float16" if opts.cache_float16 else "float32",
+            "waypoints": space_cutoffs(space) if space is not None else []}
+
+
+def space_cutoffs(space: Space) -> list[int]:
+    """The freeze cutoffs a space samples (fixed, a choice or a randint of them), none for `freeze_fraction`."""
+    d = space.params.get("freeze_cutoff")
+    if d is None or d.kind not in ("fixed", "choice", "randint"):
+        return []
+    values = range(d.values[0], d.values[1] + 1) if d.kind == "randint" else d.values
+    return sorted({int(v) for v in values if isinstance(v, int) and v > 0})
 
 
 def experiment_path(opts: SweepOptions, root: Path) -> str:

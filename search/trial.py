@@ -24,7 +24,8 @@ def make_trainable(data_options: dict[str, Any], mixed_precision: bool = False,
     Args:
         mixed_precision: train in float16 on GPUs (ignored on CPU-only trials); default False.
         features: the frozen-prefix feature cache's settings, {"memory_bytes": int, "dtype": "float32" or
-            "float16"}, or None to train every trial end to end; default None.
+            "float16", "waypoints": [cutoff, ...]} (`FeatureCache`'s arguments), or None to train every trial
+            end to end; default None.
         data_options: keyword arguments of `tsweep.trainers.data.load_dataset` except image_size
             (data_dir as an absolute path, val_fraction, seed, cache_dir); decoded arrays come from the
             on-disk cache, so trials never decode images themselves on a node that has them.
@@ -130,9 +131,11 @@ def feature_cache(features: dict[str, Any] | None, cache_dir: str | None) -> Any
     from tsweep.trainers.features import FEATURES_SUBDIR, FeatureCache
 
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    key = (str(root), features["memory_bytes"], features["dtype"])
+    waypoints = tuple(features.get("waypoints", ()))
+    key = (str(root), features["memory_bytes"], features["dtype"], waypoints)
     if key not in _FEATURE_CACHES:
-        _FEATURE_CACHES[key] = FeatureCache(root / FEATURES_SUBDIR, features["memory_bytes"], features["dtype"])
+        _FEATURE_CACHES[key] = FeatureCache(root / FEATURES_SUBDIR, features["memory_bytes"], features["dtype"],
+                                            waypoints)
     return _FEATURE_CACHES[key]
 
 

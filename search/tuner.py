@@ -82,14 +82,16 @@ def check_fits(opts: Any) -> None:
         check_cluster_fits(opts.cpus_per_trial, opts.gpus_per_trial, opts.address)
 
 
-def trainable_for(opts: Any, data_options: dict) -> Any:
-    """The trial function with its per-trial resources (CPUs, a GPU fraction)."""
+def trainable_for(opts: Any, data_options: dict, space: Space | None = None) -> Any:
+    """The trial function with its per-trial resources (CPUs, a GPU fraction); `space` gives the cutoffs
+    whose activations the feature cache keeps on the way (`sweep.feature_settings`)."""
     from ray import tune
 
     from tsweep.search.sweep import feature_settings
 
     resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
-    trainable = make_trainable(data_options, mixed_precision=opts.mixed_precision, features=feature_settings(opts))
+    trainable = make_trainable(data_options, mixed_precision=opts.mixed_precision,
+                               features=feature_settings(opts, space))
     return tune.with_resources(trainable, resources)
 
 
@@ -130,7 +132,7 @@ def run_tuner(opts: Any, space: Space, data_options: dict, root: Path, objective
 
     init_ray(opts.address)
     check_fits(opts)
-    trainable = trainable_for(opts, data_options)
+    trainable = trainable_for(opts, data_options, space)
     budget = TimeBudget(parse_duration(opts.time_budget, "--time-budget"), root) if opts.time_budget else None
     # --baseline: one more trial, small_cnn from scratch, run first and spared by ASHA (search/baseline.py)
     baseline = scratch.baseline_config(space, max_epochs) if getattr(opts, "baseline", False) else None
@@ -192,7 +194,7 @@ def storage_path(opts: Any, root: Path) -> str:
 
 
 def resume_tuner(opts: Any, data_options: dict, experiment: str, root: Path, objective: Objective,
-                 progress: Callable[[str], None] = print) -> Any:
+                 progress: Callable[[str], None] = print, space: Space | None = None) -> Any:
     """Continue an interrupted sweep from Ray's experiment state: finished and pruned trials stay as they
     are, unfinished and errored ones continue from their last checkpoint. The search algorithm and the time
     budget come back from the Tuner's state, re-pointed at `root`: a TPE searcher then also learns every finished
@@ -221,7 +223,7 @@ def resume_tuner(opts: Any, data_options: dict, experiment: str, root: Path, obj
     from tsweep.search.ray_state import repair_stale_checkpoints
 
     repair_stale_checkpoints(experiment)
-    tuner = tune.Tuner.restore(experiment, trainable_for(opts, data_options), resume_unfinished=True,
+    tuner = tune.Tuner.restore(experiment, trainable_for(opts, data_options, space), resume_unfinished=True,
                                resume_errored=True)
     use_folder(tuner, root, objective, opts, progress)
     with queued_trials(opts):

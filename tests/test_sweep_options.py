@@ -22,8 +22,23 @@ def test_sizes():
 def test_feature_cache_budget_is_split_over_concurrent_trials():
     per_node = max(1, int((os.cpu_count() or 1) / 0.5))
     settings = feature_settings(SweepOptions(data="d", cache_memory="8GB", cpus_per_trial=0.5, cache_float16=True))
-    assert settings == {"memory_bytes": 8 * 2**30 // per_node, "dtype": "float16"}
+    assert settings == {"memory_bytes": 8 * 2**30 // per_node, "dtype": "float16", "waypoints": []}
     assert feature_settings(SweepOptions(data="d", feature_cache=False)) is None
+
+
+def test_the_feature_cache_keeps_the_spaces_cutoffs_on_the_way(tmp_path):
+    from tsweep.search.sweep import space_cutoffs
+    from tsweep.spaces.space import load_space
+
+    def space(cutoff: str):
+        (tmp_path / "s.yaml").write_text(f"backbone: mobilenet_v2\n{cutoff}\n")
+        return load_space(tmp_path / "s.yaml")
+
+    assert feature_settings(SweepOptions(data="d"), space("freeze_cutoff: {choice: [17, 10, 13]}"))["waypoints"] \
+        == [10, 13, 17]
+    assert space_cutoffs(space("freeze_cutoff: {randint: [12, 14]}")) == [12, 13, 14]
+    assert space_cutoffs(space("freeze_cutoff: 0")) == []  # nothing frozen: no activations to keep
+    assert space_cutoffs(space("freeze_fraction: 0.5")) == []  # cutoffs per backbone: none known up front
 
 
 @pytest.mark.parametrize("name", ["../up", "a/b", "..", "/abs", "", ".hidden"])

@@ -192,6 +192,37 @@ def test_a_deeper_cutoff_is_made_from_a_shallower_cached_one(data, tmp_path, mon
                                                view), rtol=1e-5, atol=1e-5)
 
 
+def test_a_pass_keeps_the_activations_of_the_spaces_cutoffs_on_its_way(data, tmp_path, monkeypatch):
+    # A feature-extraction trial (cutoff 17) of a space that also samples cutoffs 10 and 13: its pass through
+    # the backbone keeps their activations, so a later trial fine-tuning from 13 runs no block again.
+    from tsweep.trainers import split as split_module
+    from tsweep.trainers.cached_train import PrefixFeatures
+    from tsweep.trainers.model import build_model
+    from tsweep.trainers.split import split_model
+
+    bridges = []
+    real = split_module.bridge_model
+    monkeypatch.setattr(split_module, "bridge_model", lambda *a, **k: bridges.append(a[2:4]) or real(*a, **k))
+    cache = FeatureCache(tmp_path / "f", 10**8, waypoints=[10, 13, 17])
+    cfg = config(freeze_cutoff=17)
+    model = build_model(cfg, data.num_classes)
+    top = PrefixFeatures(model, cfg, data, data.x_train, cache).get(split_model(model, cfg, 17, pooled=True)[0],
+                                                                     17, True, "train", 0)
+    assert bridges == [(10, 13), (13, 17)]
+    assert sorted(e["cutoff"] for e in entries(cache, "view_features")) == [10, 13, 17]
+    computed = cache.stats["computed"]
+    later = config(freeze_cutoff=13)
+    deep = PrefixFeatures(model, later, data, data.x_train, cache).get(split_model(model, later, 13)[0], 13,
+                                                                       False, "train", 0)
+    assert cache.stats["computed"] == computed and bridges == [(10, 13), (13, 17)]  # found, not made again
+    # The same values as straight from the images (float32 activations: rounding only)
+    direct = PrefixFeatures(model, cfg, data, data.x_train, FeatureCache(tmp_path / "g", 10**8))
+    np.testing.assert_allclose(deep, direct.get(split_model(model, cfg, 13)[0], 13, False, "train", 0),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(top, direct.get(split_model(model, cfg, 17, pooled=True)[0], 17, True, "train", 0),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_a_warmup_makes_the_finetune_cutoffs_activations_first(data, tmp_path, monkeypatch):
     # Warm-up trains on the whole backbone's output, fine-tuning on cutoff 12's: the blocks below 12 run once,
     # for the images and for each view (the warm-up's activations come from cutoff 12's).

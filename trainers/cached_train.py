@@ -12,7 +12,8 @@ always runs in inference mode, see `trainers.model.set_cutoff`), so its output i
   the training images (`trainers.views`); validation stays unaugmented.
 
 Each block is computed once per node: activations at a deeper cutoff are made from those of the deepest
-shallower cutoff already cached (blocks 11-13 applied to the cached block-10 output), not from the images.
+shallower cutoff already cached (blocks 11-13 applied to the cached block-10 output), not from the images,
+and a pass through a cutoff the sweep may fine-tune from (`FeatureCache.waypoints`) keeps its activations.
 """
 
 from __future__ import annotations
@@ -173,31 +174,43 @@ class PrefixFeatures:
         parts = self.key(cutoff, pooled, split, view)
         return self.cache.get_or_compute(parts, lambda: self._compute(prefix, cutoff, pooled, split, view))
 
-    def _compute(self, prefix: Any, cutoff: int, pooled: bool, split: str, view: int | None) -> np.ndarray:
+    def waypoints(self) -> frozenset[int]:
+        """Cutoffs whose activations a pass through them keeps: the cache's (the space's cutoffs), and this
+        trial's own when a warm-up comes before its fine-tuning (that phase needs them next)."""
+        own, cfg = self.cfg.cutoff(), self.cfg
+        fine_tunes = 0 < own and cfg.epochs > cfg.warmup_epochs and not cfg.is_feature_extraction()
+        return frozenset(getattr(self.cache, "waypoints", ())) | ({own} if fine_tunes else set())
+
+    def _compute(self, prefix: Any, cutoff: int, pooled: bool, split: str, view: int | None,
+                 gone: frozenset[int] = frozenset()) -> np.ndarray:
         from tsweep.trainers.split import bridge_model, split_model
 
-        own = self.cfg.cutoff()
-        if 0 < own < cutoff and self.cfg.epochs > self.cfg.warmup_epochs and not self.cfg.is_feature_extraction():
-            # A warm-up before fine-tuning at `own`: make `own`'s activations first (the fine-tune phase needs
-            # them) and go on from them, so no block below `own` runs twice.
-            below = self.get(split_model(self.model, self.cfg, own)[0], own, False, split, view)
-            return prefix_features(bridge_model(self.model, self.cfg, own, cutoff, pooled=pooled), below,
+        # The deepest activations cached below `cutoff` (0: none, start from the images) ...
+        start = next((c for c in range(cutoff - 1, 0, -1) if c not in gone and self._cached(c, split, view)), 0)
+        # ... and, when a waypoint lies between, make its activations first and go on from them: no block
+        # below a cutoff a trial may fine-tune from runs twice (each waypoint is cached on the way).
+        mid = max((w for w in self.waypoints() if start < w < cutoff), default=0)
+        if mid:
+            below = self.get(split_model(self.model, self.cfg, mid)[0], mid, False, split, view)
+            return prefix_features(bridge_model(self.model, self.cfg, mid, cutoff, pooled=pooled), below,
                                    PREDICT_BATCH)
-        for shallower in range(cutoff - 1, 0, -1):  # the deepest cached activations below `cutoff`
-            parts = self.key(shallower, False, split, view)
-            if self.cache.key(parts) in self.cache.in_memory_keys() or self.cache.path(parts).exists():
-                try:
-                    cached = self.cache.get_or_compute(parts, _gone)
-                except _Gone:
-                    continue
-                bridge = bridge_model(self.model, self.cfg, shallower, cutoff, pooled=pooled)
-                return prefix_features(bridge, cached, PREDICT_BATCH)
+        if start:
+            try:
+                cached = self.cache.get_or_compute(self.key(start, False, split, view), _gone)
+            except _Gone:  # evicted since we looked: the next one down
+                return self._compute(prefix, cutoff, pooled, split, view, gone | {start})
+            return prefix_features(bridge_model(self.model, self.cfg, start, cutoff, pooled=pooled), cached,
+                                   PREDICT_BATCH)
         images = self.images(split)
         if view is not None:
             from tsweep.trainers.views import augment_view
 
             images = augment_view(images, self.cfg.augmentation, view, self._digests[split])
         return prefix_features(prefix, images, PREDICT_BATCH)
+
+    def _cached(self, cutoff: int, split: str, view: int | None) -> bool:
+        parts = self.key(cutoff, False, split, view)
+        return self.cache.key(parts) in self.cache.in_memory_keys() or self.cache.path(parts).exists()
 
 
 def _gone() -> np.ndarray:

@@ -5,8 +5,7 @@ parts (backbone, alpha, weights identity, image size, cutoff, dataset identity, 
 whatever decides the values; see ``trainers.cached_train.feature_key``). An entry is computed once per
 node: the first process takes an ``fcntl`` lock on ``<key>.lock`` and computes while the others (processes
 or threads) wait on the lock, then read its file. Files are written to a temporary name and renamed, so a
-reader never sees half an array. ``dtype="float16"`` stores half the bytes (rounding to ~3 significant
-digits).
+reader never sees half an array. ``dtype="float16"`` stores half the bytes (~3 significant digits).
 
 Loaded arrays stay in a per-process LRU bounded by ``memory_budget_bytes``; the least recently used are
 dropped from it first, and an array larger than the whole budget is never loaded into memory but served
@@ -17,8 +16,8 @@ Entries are deleted by ``tsweep cache clean`` and by a sweep start over its disk
 first (``trainers.cache_eviction``), never one a process holds (``trainers.cache_locks``): a cache holds a
 shared ``flock`` on the ``.npy`` of every entry it served (up to MAX_HELD, then the least recently served are
 let go; ``close()`` lets all go), and records each use in the mtime of ``<key>.json`` (at most every
-TOUCH_EVERY_S per entry), not in atime. The arrays themselves come from ``trainers.activations.prefix_features``
-(re-exported here). Linux/macOS only (fcntl). No TensorFlow import at module level.
+TOUCH_EVERY_S per entry), not in atime. Arrays come from ``activations.prefix_features`` (re-exported here).
+Linux/macOS only (fcntl). No TensorFlow import at module level.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ import warnings
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -64,8 +63,7 @@ def default_memory_budget(fraction: float = DEFAULT_FRACTION) -> int:
 
 def default_feature_cache(cache_dir: str | os.PathLike | None = None, fraction: float = DEFAULT_FRACTION,
                           dtype: str = "float32") -> FeatureCache:
-    """The cache in ``<cache_dir>/features`` (default: ``trainers.data.default_cache_dir()``, the decoded-image
-    cache's root) with `fraction` of RAM as this process's memory budget."""
+    """The cache in ``<cache_dir>/features`` (default `data.default_cache_dir()`), `fraction` of RAM its budget."""
     from tsweep.trainers.data import default_cache_dir
 
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
@@ -88,16 +86,18 @@ class FeatureCache:
         memory_budget_bytes: bound of this process's in-memory LRU; None = ``default_memory_budget()``.
             0 serves everything memory-mapped from disk.
         dtype: "float32" (default) or "float16", the stored and returned dtype.
+        waypoints: freeze cutoffs later trials may fine-tune from (the space's): a pass through one of them keeps
+            its activations too (`cached_train.PrefixFeatures`), so no block runs twice for them. Default none.
 
     Attributes:
         stats: counters "computed", "memory_hits", "disk_loads", "mmap_loads", "evictions".
     """
 
     def __init__(self, directory: str | os.PathLike, memory_budget_bytes: int | None = None,
-                 dtype: str = "float32") -> None:
+                 dtype: str = "float32", waypoints: Iterable[int] = ()) -> None:
         if dtype not in DTYPES:
             raise ValueError(f"FeatureCache dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        self.directory = Path(directory).expanduser()
+        self.directory, self.waypoints = Path(directory).expanduser(), frozenset(int(w) for w in waypoints)
         self.disk_error: str | None = None  # set when the directory cannot be written: memory only from then on
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
