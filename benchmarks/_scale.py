@@ -21,6 +21,7 @@ def scaling(args: argparse.Namespace, space: Any, space_file: Path, work: Path, 
     from tsweep.search.sweep import SweepOptions, run_sweep
 
     walls: dict[str, dict[int, float]] = {"tsweep": {}, "naive_ray": {}}
+    found: dict[int, dict] = {}  # the naive run's own figures per count (best val accuracy, trials, epochs)
     for n in args.scale:
         say(f"\n== scale: {n} trials ==")
         opts = SweepOptions(data=str(args.data), space=str(space_file), num_samples=n, name=f"tsweep-{n}",
@@ -32,15 +33,17 @@ def scaling(args: argparse.Namespace, space: Any, space_file: Path, work: Path, 
                                                           prefixed(f"b{n}")))):
             start = time.perf_counter()
             try:
-                fn()
+                out = fn()
+                if isinstance(out, dict):
+                    found[n] = {k: out.get(k) for k in ("best_val_accuracy", "trials", "epochs")}
             finally:
                 if ray.is_initialized():
                     ray.shutdown()
             walls[name][n] = round(time.perf_counter() - start, 1)
             say(f"  {name} at {n} trials: {walls[name][n]} s")
-            saved({"trials": args.scale, "wall_s": walls, "partial": True})
+            saved({"trials": args.scale, "wall_s": walls, "naive_ray": found, "partial": True})
     lo, hi = args.scale[0], args.scale[-1]
     marginal = {name: round((w[hi] - w[lo]) / (hi - lo), 2) for name, w in walls.items()}
-    return {"trials": args.scale, "wall_s": walls, "marginal_s_per_trial": marginal,
+    return {"trials": args.scale, "wall_s": walls, "naive_ray": found, "marginal_s_per_trial": marginal,
             "tsweep_over_naive": round(marginal["tsweep"] / marginal["naive_ray"], 3)
             if marginal["naive_ray"] else None}
