@@ -49,7 +49,8 @@ def use_fake_trainable(monkeypatch: pytest.MonkeyPatch, gate_path: str | None) -
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import tests/
     monkeypatch.setattr("tsweep.search.tuner.trainable_for",
-                        lambda opts, data_options: tune.with_resources(make_fake_trainable(gate_path), {"cpu": 1}))
+                        lambda opts, data_options, space=None:
+                        tune.with_resources(make_fake_trainable(gate_path), {"cpu": 1}))
 
 
 class FakeClock:
