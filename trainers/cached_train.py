@@ -179,7 +179,7 @@ class PrefixFeatures:
         trial's own when a warm-up comes before its fine-tuning (that phase needs them next)."""
         own, cfg = self.cfg.cutoff(), self.cfg
         fine_tunes = 0 < own and cfg.epochs > cfg.warmup_epochs and not cfg.is_feature_extraction()
-        return frozenset(getattr(self.cache, "waypoints", ())) | ({own} if fine_tunes else set())
+        return self.cache.waypoints | ({own} if fine_tunes else set())
 
     def _compute(self, prefix: Any, cutoff: int, pooled: bool, split: str, view: int | None,
                  gone: frozenset[int] = frozenset()) -> np.ndarray:
