@@ -23,7 +23,7 @@ def main(argv: list[str]) -> int:
     root, gate, search, samples = Path(argv[0]), argv[1], argv[2], int(argv[3])
     ray.cloudpickle.register_pickle_by_value(sys.modules["tests.fake_trainable"])
     ray.init(num_cpus=2, include_dashboard=False)
-    tuner.trainable_for = lambda opts, data: tune.with_resources(make_fake_trainable(gate), {"cpu": 1})
+    tuner.trainable_for = lambda opts, data, space=None: tune.with_resources(make_fake_trainable(gate), {"cpu": 1})
     opts = SweepOptions(data="unused", search=search, num_samples=samples, grace_period=2, seed=5)
     root.mkdir(parents=True, exist_ok=True)
     tuner.run_tuner(opts, fixed_space(**SPACE), {}, root, Objective(), 2, print)
