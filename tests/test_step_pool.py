@@ -8,7 +8,7 @@ import pytest
 
 from tests.test_features import config  # the same tiny MobileNetV2 configs as the feature-cache tests
 from tsweep.spaces.config import TrialConfig
-from tsweep.trainers import step_pool
+from tsweep.trainers import step_pool, steps
 from tsweep.trainers.data import Dataset, load_dataset
 from tsweep.trainers.features import FeatureCache
 
@@ -42,13 +42,15 @@ def test_a_reused_twin_trains_like_the_trials_own_suffix(data, tmp_path, changes
         # leaves its trained weights and optimizer state in them.
         train(config(**{**changes, "dropout": 0.1, "learning_rate": 0.05}, seed=9), data, feature_cache=cache)
         made = dict(step_pool.STATS)
-        trains = {id(t.model): t.model.train_function for t in step_pool._POOL.values()}
+        trains = {id(t.model): (dict(steps._TRAIN[t.model]["functions"]), steps.tracing_count(t.model))
+                  for t in step_pool._POOL.values()}
         pooled = train(cfg, data, feature_cache=cache)
 
     phases = len({h["phase"] for h in reference.history})
     assert step_pool.STATS["made"] == made["made"] and step_pool.STATS["reused"] == made["reused"] + phases
     # the same traced train steps served the second trial: none was rebuilt
-    assert {id(t.model): t.model.train_function for t in step_pool._POOL.values()} == trains
+    assert {id(t.model): (dict(steps._TRAIN[t.model]["functions"]), steps.tracing_count(t.model))
+            for t in step_pool._POOL.values()} == trains
     for key in ("loss", "val_loss", "accuracy", "val_accuracy"):
         np.testing.assert_allclose([h[key] for h in pooled.history], [h[key] for h in reference.history],
                                    rtol=1e-5, err_msg=key)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tsweep.spaces.config import TrialConfig
+from tsweep.trainers import steps
 from tsweep.trainers.train import fit_epoch, predict_batches, train_steps
 
 pytestmark = pytest.mark.numerics  # equal bit for bit under each kernel family
@@ -44,6 +45,9 @@ def test_train_steps_give_fits_metrics_weights_and_optimizer_state(weighted, opt
         assert got == {k: float(v[-1]) for k, v in history.items()}, epoch
     assert_same_state(fitted, stepped)
     assert int(np.asarray(stepped.optimizer.iterations)) == 3 * 3  # three steps an epoch, the short one included
+    # one trace for full and short steps, every epoch (Keras's train_on_batch traced three times: the first
+    # trace made the metric and optimizer variables, then again, then relaxed for the short step)
+    assert steps.tracing_count(stepped) == 1
 
 
 def test_predict_batches_equal_predict():
@@ -51,6 +55,7 @@ def test_predict_batches_equal_predict():
     x = np.random.default_rng(1).normal(size=(45, 12)).astype("float32")
     np.testing.assert_array_equal(predict_batches(model, x, 16), model.predict(x, batch_size=16, verbose=0))
     assert predict_batches(model, x[:0], 16).shape == (0, 3)
+    assert steps.tracing_count(model) == 1  # batches of 16 and the last of 13 (and none) share one trace
 
 
 def test_fit_epoch_with_a_progress_bar_trains_the_same(capsys):
@@ -65,3 +70,24 @@ def test_fit_epoch_with_a_progress_bar_trains_the_same(capsys):
             fit_epoch(quiet, x, y, validation, cfg, epoch, verbose=0)
     assert "loss:" in capsys.readouterr().out  # the progress lines of the verbose run
     assert_same_state(shown, quiet)
+
+
+def test_a_recompiled_model_trains_its_new_trainable_set_like_fit():
+    """A new phase recompiles the model with other trainable layers and a new optimizer: the step traced for
+    the old compile must not serve it."""
+    import keras
+
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(40, 12)).astype("float32"), rng.integers(0, 3, 40)
+    fitted, stepped = tiny(6), tiny(6)
+    fitted.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    train_steps(stepped, x, y, None, 16)
+    for model in (fitted, stepped):
+        model.layers[0].trainable = False
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+    frozen = np.asarray(stepped.layers[0].kernel).copy()
+    history = fitted.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0).history
+    assert train_steps(stepped, x, y, None, 16) == {k: float(v[-1]) for k, v in history.items()}
+    np.testing.assert_array_equal(np.asarray(stepped.layers[0].kernel), frozen)
+    assert_same_state(fitted, stepped)

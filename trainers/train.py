@@ -25,6 +25,7 @@ import numpy as np
 from tsweep.errors import TrialError
 from tsweep.spaces.config import TrialConfig
 from tsweep.trainers.data import Dataset
+from tsweep.trainers.steps import predict_function, train_function
 
 # Called after every epoch with the history so far (the last row is that epoch) and the model.
 EpochCallback = Callable[[list, Any], None]
@@ -226,9 +227,15 @@ def train_steps(model: Any, x: np.ndarray, y: np.ndarray, sample_weight: np.ndar
         end = start + batch_size
         return x[start:end], y[start:end], None if sample_weight is None else sample_weight[start:end]
 
-    model.train_on_batch(*batch(0))  # builds the train function and the metrics, and resets the metrics first
-    for start in range(batch_size, len(y), batch_size):
-        model.train_function(iter([batch(start)]))
+    step = train_function(model, *batch(0))
+    if step is None:  # several replicas: Keras's own step (traced again for the short last batch)
+        model.train_on_batch(*batch(0))  # builds the train function and the metrics, and resets the metrics first
+        for start in range(batch_size, len(y), batch_size):
+            model.train_function(iter([batch(start)]))
+    else:
+        model.reset_metrics()
+        for start in range(0, len(y), batch_size):
+            step(*(part for part in batch(start) if part is not None))
     model.optimizer.finalize_variable_values(model.trainable_weights)  # as `fit` ends (EMA optimizers)
     return {k: float(v) for k, v in model.get_metrics_result().items()}
 
@@ -237,7 +244,9 @@ def predict_batches(model: Any, x: np.ndarray, batch_size: int = 64) -> np.ndarr
     """`model.predict(x)`, the same outputs bit for bit, through the model's compiled predict step batch by
     batch, without the tf.data pipeline `predict` builds on every call."""
     starts = range(0, len(x), batch_size) if len(x) else [0]  # an empty x: one empty batch (`predict` fails)
-    return np.concatenate([np.asarray(model.predict_on_batch(x[start:start + batch_size])) for start in starts])
+    step = predict_function(model, x)
+    call = model.predict_on_batch if step is None else (lambda part: step(part))
+    return np.concatenate([np.asarray(call(x[start:start + batch_size])) for start in starts])
 
 
 def validation_scores(model: Any, x: Any, y: Any, batch_size: int = 64) -> dict[str, float]:
