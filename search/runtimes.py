@@ -15,7 +15,16 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from tsweep.errors import SweepConfigError
-from tsweep.search.formats import FLOAT_TOLERANCE, FORMATS, PREFERENCE, TIMED_IMAGES, ExportFormat, ParityError, require
+from tsweep.search.formats import (
+    FLOAT_TOLERANCE,
+    FORMATS,
+    PORTABLE_TOLERANCE,
+    PREFERENCE,
+    TIMED_IMAGES,
+    ExportFormat,
+    ParityError,
+    require,
+)
 
 
 class Runner:
@@ -210,14 +219,20 @@ def measure(runner: Runner, images: np.ndarray, labels: np.ndarray, reference: n
 
 def check_parity(figures: dict) -> None:
     """Raise ParityError when a float format is not within FLOAT_TOLERANCE of the Keras model or disagrees
-    with it on top-1 (beyond near-ties: two classes within 2 * FLOAT_TOLERANCE of each other)."""
+    with it on top-1 (beyond near-ties: two classes within 2 * FLOAT_TOLERANCE of each other). The keras
+    format holds the portable model itself (`formats.portable_model`: the trained layers, built-in
+    preprocessing), so it must agree within PORTABLE_TOLERANCE."""
+    def tolerance(name: str) -> float:
+        return PORTABLE_TOLERANCE if name == "keras" else FLOAT_TOLERANCE
+
     bad = [f"{name}: max |probability difference| {f['max_abs_diff']:.3g}, top-1 agreement "
            f"{f['top1_agreement']:.2%}" for name, f in figures.items()
            if not FORMATS[name].quantized
-           and (f["max_abs_diff"] > FLOAT_TOLERANCE or f["top1_disagreements_beyond_ties"])]
+           and (f["max_abs_diff"] > tolerance(name) or f["top1_disagreements_beyond_ties"])]
     if bad:
         raise ParityError(f"parity check failed ({'; '.join(bad)}; float formats must agree on top-1 and "
-                          f"within {FLOAT_TOLERANCE} in probability): nothing was exported")
+                          f"within {FLOAT_TOLERANCE} in probability, model.keras within {PORTABLE_TOLERANCE}): "
+                          "nothing was exported")
 
 
 def parity(folder: Path, names: Sequence[str], model: Any, images: np.ndarray, labels: np.ndarray,

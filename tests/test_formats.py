@@ -332,3 +332,16 @@ def test_model_card_snippets_run_without_tsweep(export, photos, tmp_path):
         printed = ast.literal_eval(run_without(code, tmp_path, blocked).stdout.strip().splitlines()[-1])
         assert set(printed) == {c for c, _ in want}
         assert {c: printed[c] for c, _ in want} == pytest.approx(dict(want), abs=1e-4), name
+
+
+def test_the_keras_file_must_match_the_trained_model_within_the_portable_tolerance():
+    """model.keras holds the portable model itself (no check of its own before writing): its parity figures are
+    held to PORTABLE_TOLERANCE, the other float formats to FLOAT_TOLERANCE."""
+    from tsweep.search.formats import FLOAT_TOLERANCE, PORTABLE_TOLERANCE, ParityError
+    from tsweep.search.runtimes import check_parity
+
+    between = (PORTABLE_TOLERANCE + FLOAT_TOLERANCE) / 2
+    figures = {"max_abs_diff": between, "top1_agreement": 1.0, "top1_disagreements_beyond_ties": 0}
+    check_parity({"saved_model": figures})
+    with pytest.raises(ParityError, match="keras: max"):
+        check_parity({"keras": figures, "saved_model": figures})
