@@ -91,3 +91,19 @@ def test_a_recompiled_model_trains_its_new_trainable_set_like_fit():
     assert train_steps(stepped, x, y, None, 16) == {k: float(v[-1]) for k, v in history.items()}
     np.testing.assert_array_equal(np.asarray(stepped.layers[0].kernel), frozen)
     assert_same_state(fitted, stepped)
+
+
+def test_traced_steps_do_not_keep_their_model_alive():
+    """A reused worker trains a new model every trial: the steps kept for a model must go with it."""
+    import gc
+    import weakref
+
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(20, 12)).astype("float32"), rng.integers(0, 3, 20)
+    model = tiny(7)
+    train_steps(model, x, y, None, 8)
+    predict_batches(model, x, 8)
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None

@@ -2,14 +2,16 @@
 
 Keras's `train_on_batch` and `predict_on_batch` trace their step for the exact shape of the first batch, and
 again, relaxed, for the first batch of another size: an epoch of 244 images in steps of 32 ends with a step of
-20, a validation of 153 in batches of 64 with one of 25, so every phase traced each step twice. For a suffix
-that fine-tunes MobileNetV2's top blocks, a trace takes seconds (a first epoch of 5.2 s against 1.5 s steady).
-`fit` and `predict` trace once, with the batch dimension unknown (their tf.data pipeline's shapes); these
-functions do the same, and compute what those do, bit for bit (tests/test_train_steps.py).
+20, a validation of 153 in batches of 64 with one of 25. Without a distribution strategy, `train_on_batch`
+also leaves making the metric and optimizer variables to the first trace, and a tf.function whose first trace
+makes variables traces again: three traces of every phase's train step. For a suffix that fine-tunes
+MobileNetV2's top blocks a trace takes about a second (a first epoch of 5.2 s against 1.5 s steady).
+`fit` and `predict` trace with the batch dimension unknown (their tf.data pipeline's shapes); these functions
+do the same, once, and compute what those do, bit for bit (tests/test_train_steps.py).
 
-The traced functions live as long as their model (a pooled twin of `trainers.step_pool` keeps them for the
-worker's next trials). Under a distribution strategy other than the default one (several replicas), Keras's
-own steps are used.
+The traced functions live as long as their model and never keep it alive (a pooled twin of
+`trainers.step_pool` keeps them for the worker's next trials). Under a distribution strategy other than the
+default one (several replicas), Keras's own steps are used.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ def _spec(array: Any) -> Any:
     import tensorflow as tf
 
     return tf.TensorSpec((None, *array.shape[1:]), tf.as_dtype(array.dtype))
+
+
+def _ref(obj: Any) -> Callable[[], Any]:
+    """A weak reference to `obj`, or a callable returning None for None."""
+    return (lambda: None) if obj is None else weakref.ref(obj)
 
 
 def _one_replica(model: Any) -> bool:
@@ -45,17 +52,21 @@ def train_function(model: Any, x: Any, y: Any, sample_weight: Any = None) -> Cal
     # A step traces the compile's optimizer, loss and metrics: a new compile (a new phase) needs new steps.
     compiled = (model.optimizer, model._compile_loss, model._compile_metrics)
     held = _TRAIN.get(model)
-    if held is None or any(a is not b for a, b in zip(held["compiled"], compiled)):
-        held = _TRAIN[model] = {"compiled": compiled, "functions": {}}
+    if held is None or any(ref() is not obj for ref, obj in zip(held["compiled"], compiled)):
+        held = _TRAIN[model] = {"compiled": tuple(_ref(obj) for obj in compiled), "functions": {}}
     functions = held["functions"]
     key = (weighted, str(x.dtype), tuple(x.shape[1:]), str(y.dtype))
     if key not in functions:
         # Metrics, loss and optimizer variables made now, not in the trace: a tf.function whose first trace
         # creates variables traces a second time (train_on_batch leaves that to the trace without a strategy).
-        model._symbolic_build(data_batch=(x, y, sample_weight))
+        build = getattr(model, "_symbolic_build", None)  # Keras's private builder: without it, two traces
+        if build is not None:
+            build(data_batch=(x, y, sample_weight))
+
+        owner = weakref.ref(model)  # the dicts here must not keep the model alive (they are keyed by it, weakly)
 
         def step(*batch: Any) -> Any:
-            return model.train_step(batch if weighted else (*batch, None))
+            return owner().train_step(batch if weighted else (*batch, None))
 
         specs = [_spec(x), _spec(y)] + ([_spec(sample_weight)] if weighted else [])
         functions[key] = tf.function(tf.autograph.experimental.do_not_convert(step), input_signature=specs,
@@ -72,8 +83,10 @@ def predict_function(model: Any, x: Any) -> Callable | None:
         return None
     function = _PREDICT.get(model)
     if function is None or function.input_signature[0] != _spec(x):
+        owner = weakref.ref(model)
+
         def step(batch: Any) -> Any:
-            return model.predict_step((batch, None, None))
+            return owner().predict_step((batch, None, None))
 
         function = tf.function(tf.autograph.experimental.do_not_convert(step), input_signature=[_spec(x)],
                                jit_compile=model.jit_compile)
