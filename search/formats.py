@@ -29,7 +29,7 @@ from tsweep.errors import SweepConfigError
 
 DEFAULT_FORMATS = "keras,saved_model"
 FLOAT_TOLERANCE = 1e-4  # float formats: max |probability difference| allowed vs the trained Keras model
-PORTABLE_TOLERANCE = 1e-5  # the portable model vs the trained one, before anything is written
+PORTABLE_TOLERANCE = 1e-5  # the portable model (model.keras, read back) vs the trained one
 CALIBRATION_IMAGES = 128  # training images that calibrate the int8 quantisation
 TIMED_IMAGES = 16  # single-image calls timed per format (after a warm-up)
 

@@ -35,6 +35,20 @@ def _ref(obj: Any) -> Callable[[], Any]:
     return (lambda: None) if obj is None else weakref.ref(obj)
 
 
+def _traced(model: Any, call: Callable[[Any, tuple], Any], specs: list) -> Callable:
+    """One tf.function of `call(model, batch)` for inputs of `specs`, compiled like the model's own steps. It
+    holds the model weakly: the dicts here are keyed by the model, weakly, and must not keep it alive."""
+    import tensorflow as tf
+
+    owner = weakref.ref(model)
+
+    def step(*batch: Any) -> Any:
+        return call(owner(), batch)
+
+    return tf.function(tf.autograph.experimental.do_not_convert(step), input_signature=specs,
+                       jit_compile=model.jit_compile)
+
+
 def _one_replica(model: Any) -> bool:
     import tensorflow as tf
 
@@ -44,7 +58,6 @@ def _one_replica(model: Any) -> bool:
 def train_function(model: Any, x: Any, y: Any, sample_weight: Any = None) -> Callable | None:
     """`model`'s train step as one traced function of (x, y[, sample_weight]) batches of any size, or None
     under a multi-replica strategy. Builds the model's metrics first, as `train_on_batch` does."""
-    import tensorflow as tf
 
     if not _one_replica(model):
         return None
@@ -63,34 +76,22 @@ def train_function(model: Any, x: Any, y: Any, sample_weight: Any = None) -> Cal
         if build is not None:
             build(data_batch=(x, y, sample_weight))
 
-        owner = weakref.ref(model)  # the dicts here must not keep the model alive (they are keyed by it, weakly)
-
-        def step(*batch: Any) -> Any:
-            return owner().train_step(batch if weighted else (*batch, None))
-
         specs = [_spec(x), _spec(y)] + ([_spec(sample_weight)] if weighted else [])
-        functions[key] = tf.function(tf.autograph.experimental.do_not_convert(step), input_signature=specs,
-                                     jit_compile=model.jit_compile)
+        functions[key] = _traced(model, lambda m, batch: m.train_step(batch if weighted else (*batch, None)),
+                                 specs)
     return functions[key]
 
 
 def predict_function(model: Any, x: Any) -> Callable | None:
     """`model`'s predict step as one traced function of batches of any size, or None under a multi-replica
     strategy."""
-    import tensorflow as tf
 
     if not _one_replica(model):
         return None
     function = _PREDICT.get(model)
     if function is None or function.input_signature[0] != _spec(x):
-        owner = weakref.ref(model)
-
-        def step(batch: Any) -> Any:
-            return owner().predict_step((batch, None, None))
-
-        function = tf.function(tf.autograph.experimental.do_not_convert(step), input_signature=[_spec(x)],
-                               jit_compile=model.jit_compile)
-        _PREDICT[model] = function
+        function = _PREDICT[model] = _traced(model, lambda m, batch: m.predict_step((*batch, None, None)),
+                                             [_spec(x)])
     return function
 
 

@@ -245,7 +245,7 @@ def predict_batches(model: Any, x: np.ndarray, batch_size: int = 64) -> np.ndarr
     batch, without the tf.data pipeline `predict` builds on every call."""
     starts = range(0, len(x), batch_size) if len(x) else [0]  # an empty x: one empty batch (`predict` fails)
     step = predict_function(model, x)
-    call = model.predict_on_batch if step is None else (lambda part: step(part))
+    call = model.predict_on_batch if step is None else step
     return np.concatenate([np.asarray(call(x[start:start + batch_size])) for start in starts])
 
 
