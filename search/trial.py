@@ -40,6 +40,7 @@ def make_trainable(data_options: dict[str, Any], mixed_precision: bool = False,
         from tsweep.trainers.pretrained import reuse_backbones
         from tsweep.trainers.runtime import configure_tensorflow, fresh_session
         from tsweep.trainers.step_pool import reuse_steps
+        from tsweep.trainers.train import as_config
 
         fresh_session()
         context = ray.get_runtime_context()
@@ -58,20 +59,20 @@ def make_trainable(data_options: dict[str, Any], mixed_precision: bool = False,
                 metrics[NOTE_KEY] = "; ".join(notes)
                 notes.clear()
             with tempfile.TemporaryDirectory(prefix="tsweep-ckpt-") as tmp:
-                save_checkpoint(tmp, model, history)
+                save_checkpoint(tmp, model, history, cfg)  # the frozen pretrained layers are left out
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
             check_in(tune.get_context().get_trial_id(), history[-1]["epoch"])
 
         def run(resume_dir: Any) -> None:
-            from tsweep.trainers.train import as_config, train
+            from tsweep.trainers.train import train
 
-            cfg = as_config(config)
             data = dataset(cfg.image_size, data_options)
             resumed[:] = [] if resume_dir is None else [checkpoint_epoch(resume_dir)]
             train(cfg, data, on_epoch=report, resume_from=resume_dir,
                   feature_cache=feature_cache(features, data_options.get("cache_dir")))
 
         try:
+            cfg = as_config(config)  # read by run and report (a bad config fails the trial here, classified)
             configure_tensorflow(assigned.get("CPU"), gpu_fraction=assigned.get("GPU", 0.0),
                                  mixed_precision=mixed_precision)
             # One trial at a time in this worker: its next trials reuse the backbone and the traced steps.

@@ -48,7 +48,8 @@ def test_peak_rss_sees_this_process(bench):
 
 def test_figures_and_table_with_a_subset(bench):
     args = bench.parse_args(["--only", "a,c", "--weights", "none"])
-    a = {"wall_s": 100.0, "trials": 24, "epochs": 80, "best_val_accuracy": 0.95, "peak_rss_mb": 3000}
+    a = {"wall_s": 100.0, "trials": 24, "epochs": 80, "best_val_accuracy": 0.95, "peak_rss_mb": 3000,
+         "export_s": 16.0}
     c = {"wall_s": 250.0, "trials": 30, "epochs": 136, "best_val_accuracy": 0.93, "peak_rss_mb": 1500}
     bound = {"bound_s": 60.0, "decode_s": 5.0, "prefix_s": {17: 4.0}, "views": 2, "view_s": 1.5, "train_s": 48.0,
              "steps_s": 96.0, "concurrency": 2}
@@ -56,12 +57,14 @@ def test_figures_and_table_with_a_subset(bench):
     out = bench.figures(results, bound)
     assert set(out) == {"tsweep", "naive_ray", "keras_tuner_hyperband", "bound_s", "ratios", "tsweep_overhead"}
     assert out["naive_ray"] is None and out["bound_s"] == 60.0
-    assert out["ratios"] == {"naive_over_tsweep": None, "hyperband_over_tsweep": 2.5, "tsweep_over_bound": 1.67}
+    assert out["ratios"] == {"naive_over_tsweep": None, "hyperband_over_tsweep": 2.5, "tsweep_over_bound": 1.67,
+                             "sweep_over_bound": 1.4}  # (100 - 16) / 60: the bound counts no export
     info = {"cpus": 2, "ray_cpus": 2, "cpu": "cpu", "ram_gb": 8.0, "python": "3", "tensorflow": "2",
             "keras": "3", "ray": "2", "keras_tuner": "1"}
     text = bench.table(results, bound, args, info)
     assert "naive / tsweep: n/a" in text and "hyperband / tsweep: 2.50" in text and "not run" in text
     assert "(cutoff 17) 4.0 + 2 views x 1.5 + steady-state train steps 96.0 / 2 trials side by side" in text
+    assert "export included) / bound: 1.67; its sweep alone" in text and "/ bound: 1.40" in text
     assert bench.figures({}, None)["ratios"]["tsweep_over_bound"] is None
 
 
