@@ -9,7 +9,7 @@ ASHA max 12 epochs, the shared MobileNetV2 weights, no export) for each rate, da
 the sweep's wall time. Not a test. Caches are shared by the runs of one dataset (the features do not depend on
 the rate), so wall times after a dataset's first run are warm-cache times.
 
-    .venv/bin/python benchmarks/warmup_rate.py --json results/warmup_rate.json             # long: ~35 min
+    .venv/bin/python benchmarks/warmup_rate.py --json results/warmup_rate.json             # long: ~20 min
     .venv/bin/python benchmarks/warmup_rate.py --datasets hymenoptera --seeds 1 --trials 4 --rates 1e-3,1e-2
 """
 
