@@ -28,7 +28,6 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import ray  # noqa: E402
-
 from _common import DEFAULT_WEIGHTS, SHARED, say  # noqa: E402
 from sweep_speed import FULL, prefixed, write_space  # noqa: E402
 
