@@ -7,12 +7,12 @@ masks), `optimizer.npz` (`optimizer.variables`: iteration count, learning rate a
 (epoch, phase, history). Writing them takes ~0.1 s for MobileNetV2 at 160 px where `model.save` (.keras)
 took ~1 s; a trial writes one every epoch.
 
-When the backbone's weights come from a file or ImageNet (`pretrained`), the frozen layers are left out: they
-still hold the pretrained values (phases only ever unfreeze more, and BatchNormalization never trains), so the
-loader takes them from the same weights again, checked by their SHA-256 (a file that changed since is an
-unusable checkpoint, not silently other weights). A warm-up checkpoint of MobileNetV2 then holds the head's
-weights (1.3 MB instead of 13 MB, written in ~6 ms instead of 40); random-init backbones (their BatchNorm
-statistics come from the data) keep all.
+When `save_checkpoint` is given a config whose backbone's weights come from a file or ImageNet, the frozen
+layers are left out: they still hold the pretrained values (phases only ever unfreeze more, and
+BatchNormalization never trains), so the loader takes them from the same weights again, checked by their SHA-256
+(a file that changed since is an unusable checkpoint, not silently other weights). A warm-up checkpoint of
+MobileNetV2 then holds the head's weights (1.3 MB instead of 13 MB, written in ~6 ms instead of 40); random-init
+backbones (their BatchNorm statistics come from the data) keep all.
 """
 
 from __future__ import annotations

@@ -58,7 +58,6 @@ def _one_replica(model: Any) -> bool:
 def train_function(model: Any, x: Any, y: Any, sample_weight: Any = None) -> Callable | None:
     """`model`'s train step as one traced function of (x, y[, sample_weight]) batches of any size, or None
     under a multi-replica strategy. Builds the model's metrics first, as `train_on_batch` does."""
-
     if not _one_replica(model):
         return None
     weighted = sample_weight is not None
@@ -85,7 +84,6 @@ def train_function(model: Any, x: Any, y: Any, sample_weight: Any = None) -> Cal
 def predict_function(model: Any, x: Any) -> Callable | None:
     """`model`'s predict step as one traced function of batches of any size, or None under a multi-replica
     strategy."""
-
     if not _one_replica(model):
         return None
     function = _PREDICT.get(model)
